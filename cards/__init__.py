@@ -1,0 +1,43 @@
+"""Findings → assessment → CDS Hooks cards. ``respond`` is the whole clinical pipeline for one call."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from fhir_mappings.findings import extract
+from fhir_mappings.record import PatientRecord
+
+from .assess import assess
+from .orders import lumbar_imaging_orders, rate
+from .render import CardContext, build_card, rating_actions
+
+ORDER_HOOKS = ("order-select", "order-sign")
+
+
+def respond(hook: str, service_id: str, record: PatientRecord, *, today: date, hook_instance: str,
+            source_url: str | None = None) -> dict:
+    """The CDS Hooks response body for one hook call: {"cards": [...]} (+ systemActions for orders)."""
+    patient = record.patient or {}
+    ctx = CardContext(hook, service_id, hook_instance, patient.get("id"), record.encounter_id, source_url)
+    facts = extract(record, today)
+    orders = lumbar_imaging_orders(record.draft_orders) if hook in ORDER_HOOKS else []
+    if hook in ORDER_HOOKS and not orders:
+        return {"cards": []}  # order hooks speak only about lumbar-spine imaging
+    facts.orders = orders
+    assessment = assess(facts)
+    if not assessment.applicable:
+        return {"cards": []}
+
+    if hook not in ORDER_HOOKS:
+        if assessment.tier == "none" and not assessment.unavailable:
+            return {"cards": []}
+        return {"cards": [build_card(ctx, assessment, sex=facts.sex, age=facts.age)]}
+
+    weeks = assessment.lbp_weeks
+    ratings = [(order, rate(order, assessment.tier, weeks)) for order in orders]
+    selected = [o for o in orders if o.reference in record.selections] if hook == "order-select" else []
+    spoken = selected or orders
+    card = build_card(ctx, assessment, sex=facts.sex, age=facts.age, orders=spoken,
+                      ratings=[(o, r) for o, r in ratings if o in spoken])
+    actions = rating_actions(ctx, ratings)
+    return {"cards": [card], "systemActions": actions, "extension": {"systemActions": actions}}

@@ -1,0 +1,424 @@
+"""The clinical rules: findings → red flags → tier. The one file a clinician reads.
+
+Every number comes from cards/knowledge/red_flags.json (thresholds, likelihood ratios, sources),
+so each rule below can be checked against the brief. Pure functions over plain data: no HTTP,
+no FHIR shapes, no clock (``facts.today`` is the day of the request).
+
+Tiers, highest first:
+- emergency  LBP + new bladder/bowel dysfunction, saddle anaesthesia, cauda equina syndrome, cord
+             compression or a severe/progressive/bilateral motor deficit; or a qualifying cancer
+             (incl. metastatic disease, myeloma) + any new neurological symptom (suspected MSCC).
+- imaging    LBP + a major cancer flag: qualifying cancer history, metastatic disease, myeloma,
+             ESR ≥ 50, Hb < 10 g/dL or haematocrit < 30 %, PSA ≥ 20, two or more of {age ≥ 50,
+             unexplained weight loss, failure to improve, qualifying cancer}, fever with injection
+             drug use or immunosuppression, or a (non-severe) objective neurological deficit.
+- consider   LBP with weaker flags only.
+- none       LBP and no flag.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from functools import cache
+from pathlib import Path
+
+from fhir_mappings.findings import Evidence, Facts, Finding
+
+TIERS = ("none", "consider", "imaging", "emergency")
+
+
+@cache
+def knowledge() -> dict:
+    return json.loads((Path(__file__).parent / "knowledge" / "red_flags.json").read_text(encoding="utf-8"))
+
+
+def threshold(name: str) -> float:
+    return knowledge()["thresholds"][name]["value"]
+
+
+def rules_version() -> str:
+    return knowledge()["version"]
+
+
+@dataclass
+class RedFlag:
+    id: str
+    label: str
+    evidence: list[Evidence]
+    source: str
+    note: str = ""  # e.g. "ESR 62 mm/h (≥ 50: strong)"
+    strong: bool = False  # counts on its own for the imaging tier
+
+
+@dataclass
+class Assessment:
+    applicable: bool
+    tier: str = "none"
+    red_flags: list[RedFlag] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # why this tier, each with its source
+    lbp_evidence: list[Evidence] = field(default_factory=list)
+    lbp_days: int | None = None
+    known_cancer: bool = False  # qualifying cancer, metastatic disease or myeloma
+    probability: float | None = None  # estimated post-test probability of malignancy
+    probability_note: str = ""
+    unavailable: list[str] = field(default_factory=list)
+
+    @property
+    def flag_ids(self) -> list[str]:
+        return [f.id for f in self.red_flags]
+
+    def flag(self, flag_id: str) -> RedFlag | None:
+        return next((f for f in self.red_flags if f.id == flag_id), None)
+
+    @property
+    def lbp_weeks(self) -> float | None:
+        return None if self.lbp_days is None else self.lbp_days / 7
+
+
+# ---------------------------------------------------------------- helpers
+
+def _is_new(finding: Finding, facts: Facts) -> bool:
+    """'New' = onset in the current LBP episode or the last 30 days; unknown onset counts as new."""
+    if finding.onset is None:
+        return True
+    recent = facts.today - timedelta(days=int(threshold("new_symptom_days")))
+    episode = facts.lbp_onset
+    return finding.onset >= recent or (episode is not None and finding.onset >= episode)
+
+
+def _current(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.active]
+
+
+def _severe(finding: Finding) -> bool:
+    from fhir_mappings.terminology import value_set
+
+    return finding.concept in ("cauda-equina-syndrome", "cord-compression") or bool(
+        value_set("severe-deficit-modifier").match_text(finding.text))
+
+
+def _years_since(day: date | None, today: date) -> float | None:
+    return None if day is None else (today - day).days / 365.25
+
+
+def _flag(flags: dict, flag_id: str, evidence: list[Evidence], note: str = "", strong: bool = False) -> None:
+    if not evidence:
+        return
+    meta = knowledge()["flags"][flag_id]
+    existing = flags.get(flag_id)
+    if existing:
+        existing.evidence.extend(e for e in evidence if e not in existing.evidence)
+        existing.strong = existing.strong or strong
+        if note and note not in existing.note:
+            existing.note = "; ".join(n for n in (existing.note, note) if n)
+        return
+    flags[flag_id] = RedFlag(flag_id, meta["label"], list(evidence), meta["source"], note, strong)
+
+
+def _lab_above(facts: Facts, analyte: str):
+    return facts.labs.get(analyte)
+
+
+# ---------------------------------------------------------------- the flags
+
+def cancer_flags(facts: Facts, flags: dict) -> tuple[bool, bool]:
+    """cancer-history, metastatic-disease, myeloma. Returns (qualifying cancer, any cancer)."""
+    cancers = facts.having("malignancy", "cancer-personal-history", "metastatic-disease", "myeloma")
+    treatments = facts.having("cancer-treatment")
+    latest_treatment = max((t.last_activity or t.onset for t in treatments if t.last_activity or t.onset),
+                           default=None)
+    remote_years = threshold("cancer_remote_years")
+    qualifying, remote = [], []
+    for cancer in cancers:
+        dates = [d for d in (cancer.last_activity, latest_treatment) if d]
+        years = _years_since(max(dates), facts.today) if dates else None
+        if cancer.active or cancer.remission or cancer.suspected or years is None or years < remote_years:
+            qualifying.append(cancer)
+        else:
+            remote.append(cancer)
+    for treatment in treatments:  # treatment without a diagnosis on record still shows a cancer history
+        years = _years_since(treatment.last_activity or treatment.onset, facts.today)
+        if years is None or years < remote_years:
+            qualifying.append(treatment)
+        else:
+            remote.append(treatment)
+    metastatic = [c.evidence for c in cancers if c.concept == "metastatic-disease"]
+    myeloma = [c.evidence for c in cancers if c.concept == "myeloma"]
+    _flag(flags, "metastatic-disease", metastatic, strong=True)
+    _flag(flags, "myeloma", myeloma, strong=True)
+    if qualifying:
+        _flag(flags, "cancer-history", [c.evidence for c in qualifying],
+              note=f"diagnosed, treated or active within {remote_years:g} years", strong=True)
+    if remote:
+        _flag(flags, "cancer-history", [c.evidence for c in remote],
+              note=f"cured {remote_years:g} or more years ago: a weak flag only")
+    return bool(qualifying), bool(qualifying or remote)
+
+
+def weight_loss_flag(facts: Facts, flags: dict) -> None:
+    documented = [f.evidence for f in facts.having("unintentional-weight-loss") if f.active and _recent_year(f, facts)]
+    explained = [f for f in facts.having("weight-loss-explained") if _recent_year(f, facts, years=2)]
+    derived = _derived_weight_loss(facts)
+    if derived and not explained:
+        documented.append(derived)
+    _flag(flags, "unexplained-weight-loss", documented)
+
+
+def _recent_year(finding: Finding, facts: Facts, years: int = 1) -> bool:
+    day = finding.last_activity or finding.onset
+    return day is None or finding.active or (facts.today - day).days <= 366 * years
+
+
+def _derived_weight_loss(facts: Facts) -> Evidence | None:
+    """> 5 % fall: the latest weight against the highest weight 1–12 months before it."""
+    weights = facts.series.get("body-weight") or []
+    if len(weights) < 2 or weights[-1].evidence.date is None:
+        return None
+    latest = weights[-1]
+    window = knowledge()["thresholds"]["weight_loss_window_days"]
+    earlier = [w for w in weights[:-1] if w.evidence.date
+               and window["min"] <= (latest.evidence.date - w.evidence.date).days <= window["max"]]
+    if not earlier:
+        return None
+    start = max(earlier, key=lambda w: w.value)
+    loss = (start.value - latest.value) / start.value
+    if loss <= threshold("weight_loss_fraction"):
+        return None
+    return Evidence(
+        reference=f"{start.evidence.reference}, {latest.evidence.reference}",
+        label="Body weight fell {:.1f} % ({} on {} → {} on {})".format(
+            loss * 100, start.evidence.value, start.evidence.date, latest.evidence.value, latest.evidence.date),
+        date=latest.evidence.date, value=f"-{loss * 100:.1f} %", how="derived")
+
+
+def failure_to_improve_flag(facts: Facts, flags: dict, lbp_days: int | None) -> None:
+    if lbp_days is None or lbp_days < threshold("failure_to_improve_days"):
+        return
+    start = facts.lbp_onset
+    in_episode = [f for f in facts.having("analgesic-treatment", "physiotherapy")
+                  if start is None or f.onset is None or f.onset >= start]
+    in_episode += [e for e in facts.lbp_encounters if start is None or (e.onset and e.onset >= start)]
+    _flag(flags, "failure-to-improve", [f.evidence for f in in_episode],
+          note=f"low back pain for {lbp_days // 7} weeks despite treatment")
+
+
+def neuro_flags(facts: Facts, flags: dict, qualifying_cancer: bool) -> list[str]:
+    """neuro-deficit, bladder-bowel-dysfunction, saddle-anesthesia. Returns emergency reasons."""
+    reasons = []
+    new = [f for f in facts.findings if (f.active or f.suspected) and _is_new(f, facts)]
+    ces = [f for f in new if f.concept in ("cauda-equina-syndrome", "cord-compression")]
+    motor = [f for f in new if f.concept == "motor-deficit"]
+    sensory = [f for f in new if f.concept in ("sensory-symptom", "gait-disturbance")]
+    severe = [f for f in ces + motor + sensory if _severe(f)]
+    deficit = ces + motor + [f for f in sensory if _severe(f)]
+    if qualifying_cancer:
+        deficit += [f for f in sensory if f not in deficit]
+    _flag(flags, "neuro-deficit", [f.evidence for f in deficit],
+          note="severe, progressive or bilateral" if severe else "")
+    bladder = [f for f in new if f.concept in ("urinary-retention", "urinary-incontinence", "fecal-incontinence")]
+    saddle = [f for f in new if f.concept == "saddle-anesthesia"]
+    _flag(flags, "bladder-bowel-dysfunction", [f.evidence for f in bladder], note="new")
+    _flag(flags, "saddle-anesthesia", [f.evidence for f in saddle], note="new")
+    if ces:
+        reasons.append("suspected cauda equina syndrome or cord compression")
+    if bladder:
+        reasons.append("new bladder or bowel dysfunction")
+    if saddle:
+        reasons.append("saddle anaesthesia")
+    if severe and not ces:
+        reasons.append("severe, progressive or bilateral neurological deficit")
+    if qualifying_cancer and (motor or sensory):
+        reasons.append("cancer history with a new neurological symptom: suspected metastatic spinal cord "
+                       "compression (NICE NG234)")
+    return reasons
+
+
+def symptom_flags(facts: Facts, flags: dict) -> None:
+    for concept in ("night-pain", "rest-pain"):
+        _flag(flags, concept, [f.evidence for f in facts.having(concept) if f.active or f.suspected])
+    for concept in ("injection-drug-use", "immunosuppression"):
+        _flag(flags, concept, [f.evidence for f in facts.having(concept) if f.active])
+
+
+def fever_flag(facts: Facts, flags: dict) -> None:
+    since = facts.today - timedelta(days=int(threshold("fever_lookback_days")))
+    if facts.lbp_onset and facts.lbp_onset < since:
+        since = facts.lbp_onset
+    cutoff = threshold("fever_cel")
+    hot = [t.evidence for t in facts.series.get("body-temperature", [])
+           if t.value >= cutoff and (t.evidence.date is None or t.evidence.date >= since)]
+    coded = [f.evidence for f in facts.having("fever") if f.active and _is_new(f, facts)]
+    _flag(flags, "fever", hot + coded, note=f"≥ {cutoff:g} °C")
+
+
+def lab_flags(facts: Facts, flags: dict) -> None:
+    def compare(value: float, limit: float, comparison: str) -> bool:
+        return {">": value > limit, ">=": value >= limit, "<": value < limit}[comparison]
+
+    def rule(name: str):
+        item = knowledge()["thresholds"][name]
+        return item["value"], item["comparison"]
+
+    calcium = facts.labs.get("calcium")
+    if calcium and compare(calcium.value, *rule("calcium_mg_dl")):
+        _flag(flags, "hypercalcemia", [calcium.evidence], note=f"> {rule('calcium_mg_dl')[0]:g} mg/dL")
+    ionized = facts.labs.get("ionized-calcium")
+    if ionized:
+        limit = ionized.reference_high or rule("ionized_calcium_mmol_l")[0]
+        if ionized.value > limit:
+            _flag(flags, "hypercalcemia", [ionized.evidence], note=f"ionised calcium > {limit:g} mmol/L")
+    _flag(flags, "hypercalcemia", [f.evidence for f in facts.having("hypercalcemia-diagnosis") if f.active])
+
+    female_limits = facts.sex != "male"  # unknown sex: the lower (female) threshold
+    hb = facts.labs.get("hemoglobin")
+    if hb:
+        limit = rule("hemoglobin_female_g_dl" if female_limits else "hemoglobin_male_g_dl")[0]
+        strong = hb.value < threshold("hemoglobin_strong_g_dl")
+        if hb.value < limit:
+            _flag(flags, "anemia", [hb.evidence], strong=strong,
+                  note=f"Hb < {threshold('hemoglobin_strong_g_dl'):g} g/dL (strong)" if strong
+                  else f"Hb < {limit:g} g/dL")
+    hct = facts.labs.get("hematocrit")
+    if hct:
+        limit = rule("hematocrit_female_pct" if female_limits else "hematocrit_male_pct")[0]
+        strong = hct.value < threshold("hematocrit_strong_pct")
+        if hct.value < limit:
+            _flag(flags, "anemia", [hct.evidence], strong=strong,
+                  note=f"haematocrit < {threshold('hematocrit_strong_pct'):g} % (strong)" if strong
+                  else f"haematocrit < {limit:g} %")
+    _flag(flags, "anemia", [f.evidence for f in facts.having("anemia-diagnosis") if f.active])
+
+    esr = facts.labs.get("esr")
+    if esr and compare(esr.value, *rule("esr_mm_h")):
+        strong = compare(esr.value, *rule("esr_strong_mm_h"))
+        _flag(flags, "elevated-esr", [esr.evidence], strong=strong,
+              note=f"≥ {threshold('esr_strong_mm_h'):g} mm/h (strong)" if strong
+              else f"≥ {threshold('esr_mm_h'):g} mm/h")
+    _flag(flags, "elevated-esr", [f.evidence for f in facts.having("elevated-esr-diagnosis") if f.active])
+
+    psa = facts.labs.get("psa")
+    if psa and compare(psa.value, *rule("psa_ng_ml")):
+        strong = compare(psa.value, *rule("psa_strong_ng_ml"))
+        _flag(flags, "elevated-psa", [psa.evidence], strong=strong,
+              note=f"≥ {threshold('psa_strong_ng_ml'):g} ng/mL (strong)" if strong
+              else f"> {threshold('psa_ng_ml'):g} ng/mL")
+    _flag(flags, "elevated-psa", [f.evidence for f in facts.having("elevated-psa-diagnosis") if f.active])
+
+    alp = facts.labs.get("alkaline-phosphatase")
+    if alp:
+        limit = alp.reference_high if alp.reference_high is not None else threshold("alp_default_u_l")
+        if alp.value > limit:
+            _flag(flags, "elevated-alkaline-phosphatase", [alp.evidence],
+                  note=f"above the upper reference limit {limit:g} U/L")
+
+
+def smoking_flag(facts: Facts, flags: dict) -> None:
+    if facts.smoking_current is True and facts.smoking_status:
+        _flag(flags, "smoking", [facts.smoking_status.evidence])
+    elif facts.smoking_current is None:
+        _flag(flags, "smoking", [f.evidence for f in facts.having("smoking-current") if f.active])
+
+
+def age_flags(facts: Facts, flags: dict, lbp_days: int | None) -> None:
+    if facts.age is None:
+        return
+    patient = Evidence(facts.patient_reference or "Patient", "Age on the day of the request",
+                       facts.today, f"{facts.age} years")
+    if facts.age >= threshold("age_years"):
+        _flag(flags, "age-50-plus", [patient])
+    if facts.age < threshold("pediatric_age_years") and lbp_days is not None and \
+            lbp_days >= threshold("failure_to_improve_days"):
+        _flag(flags, "pediatric-persistent-pain", [patient], note=f"low back pain for {lbp_days // 7} weeks")
+
+
+# ---------------------------------------------------------------- the tier
+
+def assess(facts: Facts) -> Assessment:
+    applicable = bool(facts.lbp) or bool(facts.orders)
+    lbp_days = (facts.today - facts.lbp_onset).days if facts.lbp_onset else None
+    result = Assessment(applicable=applicable, lbp_days=lbp_days, unavailable=list(facts.unavailable),
+                        lbp_evidence=[f.evidence for f in facts.lbp])
+    if not applicable:
+        return result
+
+    flags: dict[str, RedFlag] = {}
+    qualifying_cancer, _ = cancer_flags(facts, flags)
+    emergency = neuro_flags(facts, flags, qualifying_cancer)
+    age_flags(facts, flags, lbp_days)
+    weight_loss_flag(facts, flags)
+    failure_to_improve_flag(facts, flags, lbp_days)
+    symptom_flags(facts, flags)
+    fever_flag(facts, flags)
+    lab_flags(facts, flags)
+    smoking_flag(facts, flags)
+
+    order = list(knowledge()["flags"])
+    result.red_flags = sorted(flags.values(), key=lambda f: order.index(f.id))
+    result.known_cancer = qualifying_cancer or "metastatic-disease" in flags or "myeloma" in flags
+    tiers = knowledge()["tiers"]
+
+    imaging = []
+    if result.known_cancer:
+        imaging.append("history of cancer (diagnosed, treated or active within 20 years), metastatic disease "
+                       "or myeloma")
+    for flag_id, why in (("elevated-esr", "ESR ≥ 50 mm/h"), ("anemia", "Hb < 10 g/dL or haematocrit < 30 %"),
+                         ("elevated-psa", "PSA ≥ 20 ng/mL")):
+        if flags.get(flag_id) and flags[flag_id].strong:
+            imaging.append(why)
+    weak = [i for i in ("age-50-plus", "unexplained-weight-loss", "failure-to-improve") if i in flags]
+    if qualifying_cancer:
+        weak.append("cancer-history")
+    if len(weak) >= 2:
+        imaging.append("two or more of age ≥ 50, unexplained weight loss, failure to improve, cancer history "
+                       f"({', '.join(weak)})")
+    if "fever" in flags and ("injection-drug-use" in flags or "immunosuppression" in flags):
+        imaging.append("fever with injection drug use or immunosuppression: possible spinal infection")
+    if "neuro-deficit" in flags and not emergency:
+        imaging.append("objective neurological deficit")
+
+    if emergency:
+        result.tier = "emergency"
+        result.reasons = [f"{r} — {tiers['emergency']['source']}" for r in emergency]
+    elif imaging:
+        result.tier = "imaging"
+        result.reasons = [f"{r} — {tiers['imaging']['source']}" for r in imaging]
+    elif flags:
+        result.tier = "consider"
+        result.reasons = [f"weaker red flags only — {tiers['consider']['source']}"]
+    else:
+        result.tier = "none"
+        result.reasons = [f"no red flag found — {tiers['none']['source']}"]
+    result.probability, result.probability_note = estimate_probability(flags)
+    return result
+
+
+def estimate_probability(flags: dict[str, RedFlag]) -> tuple[float | None, str]:
+    """Post-test probability of malignancy from the pre-test probability and the flags' LR+.
+
+    Assumes the flags are independent (they are not, so the figure overestimates when several are
+    present); flags without a published LR+ are left out.
+    """
+    if "metastatic-disease" in flags or "myeloma" in flags:
+        return None, "not estimated: a malignancy with bone involvement is already known"
+    lrs = knowledge()["likelihood_ratios"]
+    pre = knowledge()["pretest_probability"]["value"]
+    used = []
+    for flag_id, flag in flags.items():
+        if flag_id == "cancer-history" and not flag.strong:
+            continue  # remote cured cancer
+        key = f"{flag_id}-strong" if flag.strong and f"{flag_id}-strong" in lrs else flag_id
+        if key in lrs:
+            used.append((flag_id, lrs[key]["value"]))
+    odds = pre / (1 - pre)
+    for _, lr in used:
+        odds *= lr
+    post = odds / (1 + odds)
+    if used:
+        parts = ", ".join(f"{fid} LR+ {lr:g}" for fid, lr in used)
+        note = (f"estimate: pre-test {pre * 100:.1f} % in primary care (Deyo & Diehl 1988) × {parts}; "
+                "assumes the flags are independent, so it overestimates when several are present")
+    else:
+        note = f"estimate: pre-test {pre * 100:.1f} % in primary care (Deyo & Diehl 1988); no flag with a published LR+"
+    return post, note

@@ -1,0 +1,48 @@
+"""Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from flask_cors import CORS
+
+from .errors import register_error_handlers
+from .fhir_client import FhirClient
+from .settings import Settings, load_settings
+from .store import Store
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config.update(
+        LBP_SETTINGS=settings,
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    logging.getLogger("lbp_redflags").setLevel(settings.log_level.upper())
+
+    # Browser clients (the CDS Hooks sandbox) preflight every call; the preflight needs no JWT.
+    CORS(
+        app,
+        resources={r"/cds-services*": {"origins": list(settings.cors_origins)}},
+        allow_headers=["Authorization", "Content-Type"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=600,
+    )
+    app.extensions["lbp_fhir_client"] = FhirClient(settings)
+    app.extensions["lbp_store"] = Store(settings.database_url)
+
+    from . import feedback, hooks
+
+    app.register_blueprint(hooks.bp)
+    app.register_blueprint(feedback.bp)
+    register_error_handlers(app)
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    return app

@@ -1,0 +1,258 @@
+"""lbp-redflags command line: serve | demo | load-fhir | check."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import socket
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+from .settings import SettingsError, load_settings
+
+EXAMPLES_DIR = Path(__file__).parent / "example_patients"
+HOOK_SERVICE = {
+    "patient-view": "lbp-patient-view",
+    "encounter-start": "lbp-encounter-start",
+    "order-select": "lbp-imaging-order-select",
+    "order-sign": "lbp-imaging-order-sign",
+}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback
+                       for info in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+# ---------------------------------------------------------------- serve
+
+def cmd_serve(args) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from .app import create_app
+
+    try:
+        settings = load_settings(args.config, host=args.host, port=args.port)
+    except SettingsError as exc:
+        print(f"lbp-redflags: {exc}", file=sys.stderr)
+        return 2
+    if not is_loopback(settings.host) and not settings.auth_configured:
+        print(f"lbp-redflags: refusing to listen on {settings.host}: authentication of CDS clients is not "
+              "configured, so the service serves loopback only (127.0.0.1, ::1 or localhost).", file=sys.stderr)
+        return 2
+    app = create_app(settings)
+
+    class Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"[{settings.host}]:{settings.port}" if ":" in settings.host
+                         else f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", settings.workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", 4)
+            self.cfg.set("timeout", int(settings.fhir_total_timeout) + 30)
+            self.cfg.set("accesslog", "-")
+            # The access log keeps the path and status only: no query strings, no headers (tokens).
+            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
+
+        def load(self):
+            return app
+
+    print(f"lbp-redflags: serving CDS Hooks discovery at http://{settings.host}:{settings.port}/cds-services",
+          flush=True)
+    Server().run()
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+def _today():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).date()
+
+
+def _resources(bundle: dict) -> list[dict]:
+    return [e["resource"] for e in bundle.get("entry", []) if isinstance(e, dict) and "resource" in e]
+
+
+def example_request(example: dict, *, with_prefetch: bool = True) -> tuple[str, dict]:
+    from .prefetch import prefetch_for
+
+    resources = _resources(example["bundle"])
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    hook = example["hook"]
+    context = {"userId": "Practitioner/demo", "patientId": patient["id"]}
+    if example.get("encounterId"):
+        context["encounterId"] = example["encounterId"]
+    if hook in ("order-select", "order-sign"):
+        orders = [r for r in resources if r["resourceType"] == "ServiceRequest" and r.get("status") == "draft"]
+        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
+                                  "entry": [{"resource": r} for r in orders]}
+        if hook == "order-select":
+            context["selections"] = [f"ServiceRequest/{r['id']}" for r in orders]
+    body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
+    if with_prefetch:
+        body["prefetch"] = prefetch_for([r for r in resources if r["resourceType"] != "ServiceRequest"])
+    return HOOK_SERVICE[hook], body
+
+
+def format_cards(response: dict, width: int = 100) -> str:
+    cards = response.get("cards") or []
+    if not cards:
+        return "  (no card: nothing to say for this patient)"
+    out = []
+    marks = {"critical": "!!! CRITICAL", "warning": "!!  WARNING", "info": "i   INFO"}
+    for card in cards:
+        ext = (card.get("extension") or {}).get("lbp-redflags", {})
+        out.append(f"  [{marks.get(card['indicator'], card['indicator'])}] {card['summary']}")
+        out.append(f"    tier: {ext.get('tier')}   red flags: {', '.join(ext.get('redFlags', [])) or 'none'}")
+        for raw in card.get("detail", "").splitlines():
+            line = raw.replace("**", "").replace("_", "")
+            if not line.strip():
+                continue
+            out.extend(textwrap.wrap(line, width, initial_indent="    ", subsequent_indent="      "))
+        for suggestion in card.get("suggestions", []):
+            star = "*" if suggestion.get("isRecommended") else "-"
+            out.append(f"    {star} suggestion: {suggestion['label']}")
+        for ext_action in (response.get("systemActions") or []):
+            for e in ext_action.get("resource", {}).get("extension", []):
+                if e.get("url", "").endswith("pama-rating"):
+                    code = e["valueCodeableConcept"]["coding"][0]["code"]
+                    out.append(f"    rating of {ext_action['resource'].get('id')}: {code}")
+    return "\n".join(out)
+
+
+def cmd_demo(args) -> int:
+    from .app import create_app
+
+    settings = load_settings(args.config, database_url="sqlite://")
+    client = create_app(settings).test_client()
+    from .example_patients import examples
+
+    for example in examples(_today()):
+        service_id, body = example_request(example)
+        response = client.post(f"/cds-services/{service_id}", json=body)
+        print(f"\n=== {example['title']} ({example['hook']})")
+        if response.status_code != 200:
+            print(f"  error {response.status_code}: {response.get_json()}")
+            continue
+        print(format_cards(response.get_json()))
+    return 0
+
+
+# ---------------------------------------------------------------- integrators: load-fhir, check
+
+def cmd_load_fhir(args) -> int:
+    import requests
+
+    base = args.base_url.rstrip("/")
+    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    failed = 0
+    for name in args.files:
+        path = Path(name)
+        if not path.exists() and (EXAMPLES_DIR / name).exists():
+            path = EXAMPLES_DIR / name
+        from .example_patients import load_file
+
+        bundle = load_file(path, _today())
+        try:
+            response = requests.post(base, json=bundle, headers=headers, timeout=(5, 60))
+        except requests.RequestException as exc:
+            print(f"{path.name}: cannot reach {base}: {exc.__class__.__name__}", file=sys.stderr)
+            failed += 1
+            continue
+        if response.status_code >= 300:
+            print(f"{path.name}: HTTP {response.status_code}: {response.text[:500]}", file=sys.stderr)
+            failed += 1
+            continue
+        statuses = [(e.get("response") or {}).get("status", "?") for e in response.json().get("entry", [])]
+        bad = [s for s in statuses if not str(s).startswith("2")]
+        print(f"{path.name}: {len(statuses)} entries, " + ("all stored" if not bad else f"failed: {bad}"))
+        failed += bool(bad)
+    return 1 if failed else 0
+
+
+def cmd_check(args) -> int:
+    from .app import create_app
+
+    settings = load_settings(args.config, database_url="sqlite://")
+    client = create_app(settings).test_client()
+    hook = args.hook
+    context = {"userId": "Practitioner/check", "patientId": args.patient}
+    if args.encounter:
+        context["encounterId"] = args.encounter
+    if hook == "encounter-start" and not args.encounter:
+        print("lbp-redflags: encounter-start needs --encounter ID", file=sys.stderr)
+        return 2
+    if hook in ("order-select", "order-sign"):
+        print("lbp-redflags: check runs patient-view or encounter-start (order hooks need draft orders)",
+              file=sys.stderr)
+        return 2
+    body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "fhirServer": args.fhir.rstrip("/"),
+            "context": context}
+    if args.token:
+        body["fhirAuthorization"] = {"access_token": args.token, "token_type": "Bearer", "expires_in": 300,
+                                     "scope": "patient/*.read", "subject": "lbp-redflags-check"}
+    response = client.post(f"/cds-services/{HOOK_SERVICE[hook]}", json=body)
+    if response.status_code != 200:
+        print(f"error {response.status_code}: {json.dumps(response.get_json(), indent=2)}", file=sys.stderr)
+        return 1
+    print(format_cards(response.get_json()))
+    return 0
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lbp-redflags", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the CDS Hooks service (gunicorn)")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    serve.add_argument("--config", default=None, help="TOML configuration file (or LBP_CONFIG)")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run the bundled example patients through the hooks and print the cards")
+    demo.add_argument("--config", default=None)
+    demo.set_defaults(func=cmd_demo)
+
+    load = sub.add_parser("load-fhir", help="POST example patients (transaction Bundles) to a FHIR server")
+    load.add_argument("base_url")
+    load.add_argument("files", nargs="+", help="transaction Bundle files (or names of the bundled examples)")
+    load.add_argument("--token", default=None, help="bearer token for the FHIR server")
+    load.set_defaults(func=cmd_load_fhir)
+
+    check = sub.add_parser("check", help="run a hook for a patient on a live FHIR server and print the cards")
+    check.add_argument("--fhir", required=True, help="FHIR R4 base URL")
+    check.add_argument("--patient", required=True, help="Patient id on that server")
+    check.add_argument("--hook", default="patient-view", choices=["patient-view", "encounter-start",
+                                                                    "order-select", "order-sign"])
+    check.add_argument("--encounter", default=None, help="Encounter id (required for encounter-start)")
+    check.add_argument("--token", default=None, help="bearer token for the FHIR server")
+    check.add_argument("--config", default=None)
+    check.set_defaults(func=cmd_check)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"lbp-redflags: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""One JSON error shape for every failure the service reports.
+
+Body: {"error": {"status": 400, "code": "invalid-request", "message": "...", "details": [{"field", "reason"}]}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flask import Flask, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+# The service's status table (documented in the README).
+STATUS_CODES = {
+    400: "invalid-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    412: "precondition-failed",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    500: "internal-error",
+}
+
+
+@dataclass
+class ServiceError(Exception):
+    status: int
+    message: str
+    details: list[dict] = field(default_factory=list)
+
+    def body(self) -> dict:
+        error = {"status": self.status, "code": STATUS_CODES.get(self.status, "error"), "message": self.message}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+def _respond(err: ServiceError):
+    response = jsonify(err.body())
+    response.status_code = err.status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def _service_error(err: ServiceError):
+        if err.status >= 500:
+            current_app.logger.error("request failed: %s", err.message)
+        return _respond(err)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException):
+        status = err.code or 500
+        messages = {
+            404: f"no such endpoint: {request.path}",
+            405: f"method {request.method} is not allowed on {request.path}",
+            413: "request body is larger than the configured limit "
+            f"({current_app.config.get('MAX_CONTENT_LENGTH')} bytes)",
+        }
+        message = messages.get(status, err.description or err.name)
+        response = _respond(ServiceError(status, message))
+        if status == 405 and getattr(err, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(err.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception):
+        hook_instance = g.get("hook_instance")
+        current_app.logger.exception("unexpected error (hookInstance=%s)", hook_instance)
+        return _respond(ServiceError(500, "internal error; the service logged it"))

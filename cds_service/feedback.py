@@ -1,0 +1,28 @@
+"""Blueprint: POST /cds-services/<id>/feedback (CDS Hooks 2.0 feedback)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+
+from .errors import ServiceError
+from .hooks import read_json_body, service_or_404
+from .store import UnknownCards
+from .validation import problems
+
+bp = Blueprint("feedback", __name__)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def give_feedback(service_id: str):
+    service = service_or_404(service_id)
+    body = read_json_body()
+    found = problems("feedback", body)
+    if found:
+        raise ServiceError(400, "the request is not valid CDS Hooks 2.0 feedback", found)
+    try:
+        count = current_app.extensions["lbp_store"].record_feedback(service.id, body["feedback"])
+    except UnknownCards as exc:
+        raise ServiceError(404, "unknown card: no card with this uuid was issued by this service; "
+                                "no feedback in this request was stored",
+                           [{"field": "feedback.card", "reason": f"unknown card {u}"} for u in exc.uuids]) from None
+    return jsonify({"stored": count})

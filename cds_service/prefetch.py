@@ -1,0 +1,189 @@
+"""Prefetch semantics of CDS Hooks 2.0, and the FHIR fallback for what prefetch did not provide.
+
+A key that is absent was not provided (fetch it); a key present with null means "no data";
+an OperationOutcome in a slot is an error for that key (fetched again when a fhirServer is given);
+a searchset Bundle may be paginated (its next pages are fetched when a fhirServer is given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from .errors import ServiceError
+from .services import KEY_DESCRIPTIONS, REQUIRED_KEYS, prefetch_templates, resolve_template
+
+
+@dataclass
+class Gathered:
+    resources: list[dict] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)  # for the card: what could not be checked
+    sources: dict[str, str] = field(default_factory=dict)  # key -> "prefetch" | "fetched" | "null"
+
+
+def _operation_outcome_text(outcome: dict) -> str:
+    texts = []
+    for issue in outcome.get("issue") or []:
+        if isinstance(issue, dict):
+            text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code")
+            if isinstance(text, str):
+                texts.append(text[:200])
+    return "; ".join(texts) or "OperationOutcome without details"
+
+
+def _entries(bundle: dict) -> list[dict]:
+    out = []
+    for entry in bundle.get("entry") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+            resource = entry["resource"]
+            mode = (entry.get("search") or {}).get("mode") if isinstance(entry.get("search"), dict) else None
+            if mode == "outcome" or resource.get("resourceType") == "OperationOutcome":
+                continue
+            out.append(resource)
+    return out
+
+
+def _next_link(bundle: dict) -> str | None:
+    for link in bundle.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return link["url"]
+    return None
+
+
+@dataclass
+class _Slot:
+    key: str
+    status: str  # "ok" | "null" | "absent" | "error" | "paged"
+    resources: list[dict] = field(default_factory=list)
+    error: str | None = None
+    next_url: str | None = None
+
+
+def _read_slot(key: str, value, expected_type: str, present: bool) -> _Slot:
+    if not present:
+        return _Slot(key, "absent")
+    if value is None:
+        return _Slot(key, "null")
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        return _Slot(key, "error", error="prefetch value is not a FHIR resource")
+    rtype = value["resourceType"]
+    if rtype == "OperationOutcome":
+        return _Slot(key, "error", error=_operation_outcome_text(value))
+    if rtype == "Bundle":
+        resources = _entries(value)
+        next_url = _next_link(value)
+        return _Slot(key, "paged" if next_url else "ok", resources, next_url=next_url)
+    if rtype != expected_type:
+        return _Slot(key, "error", error=f"expected {expected_type}, got {rtype}")
+    return _Slot(key, "ok", [value])
+
+
+def _expected_type(template: str) -> str:
+    return template.split("?", 1)[0].split("/", 1)[0]
+
+
+def _same_server(url: str, base: str) -> bool:
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme, a.netloc.lower()) == (b.scheme, b.netloc.lower())
+
+
+def gather(body: dict, fetcher=None) -> Gathered:
+    """Collect the patient's resources from prefetch, fetching what is missing.
+
+    fetcher(base_url, queries: dict[key, query], token) -> dict[key, FetchResult]; None when the
+    service cannot fetch (no fhirServer). Raises ServiceError(412) when required data is unavailable.
+    """
+    context = body.get("context") or {}
+    prefetch = body.get("prefetch") or {}
+    fhir_server = body.get("fhirServer")
+    token = (body.get("fhirAuthorization") or {}).get("access_token")
+    gathered = Gathered()
+    to_fetch: dict[str, str] = {}
+    failures: dict[str, str] = {}
+
+    for key, template in prefetch_templates().items():
+        slot = _read_slot(key, prefetch.get(key), _expected_type(template), key in prefetch)
+        if slot.status in ("ok", "paged"):
+            gathered.resources.extend(slot.resources)
+            gathered.sources[key] = "prefetch"
+        if slot.status == "null":
+            gathered.sources[key] = "null"
+        if slot.status == "paged":
+            if fhir_server and slot.next_url and _same_server(slot.next_url, fhir_server):
+                to_fetch[key] = slot.next_url
+            else:
+                failures[key] = "only the first page of results was provided"
+        elif slot.status in ("absent", "error"):
+            query = resolve_template(template, context)
+            if fhir_server and query:
+                to_fetch[key] = query
+            else:
+                failures[key] = slot.error or "not provided in prefetch and no fhirServer to fetch it from"
+
+    if to_fetch and fetcher is not None:
+        results = fetcher(fhir_server, to_fetch, token)
+        for key in to_fetch:
+            result = results.get(key)
+            if result is None or not result.ok:
+                failures[key] = (result.error if result else None) or "could not be fetched"
+                continue
+            resource = result.resource or {}
+            if resource.get("resourceType") == "Bundle":
+                gathered.resources.extend(_entries(resource))
+                if getattr(result, "truncated", False):
+                    failures[key] = "only part of the results could be fetched (page limit)"
+            else:
+                gathered.resources.append(resource)
+            gathered.sources.setdefault(key, "fetched")
+    elif to_fetch:
+        for key in to_fetch:
+            failures.setdefault(key, "fetching from the FHIR server is not available")
+
+    required_missing = [k for k in REQUIRED_KEYS if k in failures and gathered.sources.get(k) != "prefetch"]
+    if required_missing:
+        raise ServiceError(
+            412,
+            "required data is unavailable: the service needs the Patient and its Conditions to decide "
+            "whether the patient has low back pain",
+            [{"field": f"prefetch.{k}", "reason": failures[k]} for k in required_missing],
+        )
+    for key, reason in failures.items():
+        gathered.unavailable.append(f"{KEY_DESCRIPTIONS.get(key, key)}: {reason}")
+    if not any(r.get("resourceType") == "Patient" for r in gathered.resources):
+        raise ServiceError(412, "required data is unavailable: no Patient resource",
+                           [{"field": "prefetch.patient", "reason": "no Patient resource"}])
+    return gathered
+
+
+def prefetch_for(resources: list[dict]) -> dict:
+    """Prefetch as an EHR would fill our templates from a patient's resources (demo, tests, CLI).
+
+    Observations go to ``observations`` when their code is one the template asks for, otherwise to
+    ``examObservations`` when categorised as exam; others are left out, as a server would.
+    """
+    from fhir_mappings.record import OBSERVATION_VALUE_SETS
+    from fhir_mappings.terminology import value_set
+
+    keys = {"Condition": "conditions", "Encounter": "encounters", "Procedure": "procedures",
+            "MedicationRequest": "medications"}
+    out: dict[str, dict | None] = {}
+    bundles: dict[str, list[dict]] = {k: [] for k in prefetch_templates() if k != "patient"}
+    for resource in resources:
+        rtype = resource.get("resourceType")
+        if rtype == "Patient":
+            out["patient"] = resource
+        elif rtype in keys:
+            bundles[keys[rtype]].append(resource)
+        elif rtype == "Observation":
+            code = resource.get("code")
+            if any(value_set(n).match(code) and value_set(n).match(code).how == "code"
+                   for n in OBSERVATION_VALUE_SETS):
+                bundles["observations"].append(resource)
+            elif any(c.get("code") == "exam" for cat in resource.get("category") or []
+                     for c in cat.get("coding") or []):
+                bundles["examObservations"].append(resource)
+    for key, items in bundles.items():
+        out[key] = {"resourceType": "Bundle", "type": "searchset", "total": len(items),
+                    "entry": [{"fullUrl": f"{r['resourceType']}/{r.get('id')}", "resource": r,
+                               "search": {"mode": "match"}} for r in items]}
+    return out

@@ -1,0 +1,57 @@
+"""The FHIR resources of one patient, as plain dicts, plus what could not be had."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# LOINC value sets whose Observations the service reads (labs, vitals, smoking status).
+OBSERVATION_VALUE_SETS = (
+    "body-weight",
+    "body-temperature",
+    "calcium-total",
+    "calcium-ionized",
+    "hemoglobin",
+    "hematocrit",
+    "esr",
+    "psa",
+    "alkaline-phosphatase",
+    "smoking-status",
+)
+
+RESOURCE_TYPES = ("Condition", "Observation", "Encounter", "Procedure", "MedicationRequest")
+
+
+@dataclass
+class PatientRecord:
+    patient: dict | None
+    resources: dict[str, list[dict]] = field(default_factory=dict)
+    draft_orders: dict | None = None  # the draftOrders Bundle of an order hook
+    selections: tuple[str, ...] = ()
+    encounter_id: str | None = None
+    unavailable: list[str] = field(default_factory=list)  # human-readable: what data is missing and why
+
+    def of_type(self, resource_type: str) -> list[dict]:
+        return self.resources.get(resource_type, [])
+
+    @classmethod
+    def from_resources(cls, resources: list[dict], **kwargs) -> PatientRecord:
+        """Group resources by type, dropping duplicates by (type, id) so prefetch and fetch can overlap."""
+        patient = None
+        grouped: dict[str, list[dict]] = {}
+        seen: set[tuple[str, str]] = set()
+        for resource in resources:
+            if not isinstance(resource, dict):
+                continue
+            rtype = resource.get("resourceType")
+            if rtype == "Patient":
+                patient = patient or resource
+                continue
+            if rtype not in RESOURCE_TYPES:
+                continue
+            rid = resource.get("id")
+            if isinstance(rid, str):
+                if (rtype, rid) in seen:
+                    continue
+                seen.add((rtype, rid))
+            grouped.setdefault(rtype, []).append(resource)
+        return cls(patient=patient, resources=grouped, **kwargs)
