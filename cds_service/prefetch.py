@@ -82,9 +82,16 @@ def _expected_type(template: str) -> str:
     return template.split("?", 1)[0].split("/", 1)[0]
 
 
-def _same_server(url: str, base: str) -> bool:
+def _relative_to(url: str, base: str) -> str | None:
+    """A next-page link as a query relative to fhirServer, or None when it points elsewhere."""
     a, b = urlsplit(url), urlsplit(base)
-    return (a.scheme, a.netloc.lower()) == (b.scheme, b.netloc.lower())
+    if (a.scheme, a.netloc.lower()) != (b.scheme, b.netloc.lower()):
+        return None
+    base_path = b.path.rstrip("/") + "/"
+    if not (a.path + "/").startswith(base_path):
+        return None
+    relative = a.path[len(base_path):]
+    return f"{relative}?{a.query}" if a.query else relative or None
 
 
 def gather(body: dict, fetcher=None) -> Gathered:
@@ -109,8 +116,9 @@ def gather(body: dict, fetcher=None) -> Gathered:
         if slot.status == "null":
             gathered.sources[key] = "null"
         if slot.status == "paged":
-            if fhir_server and slot.next_url and _same_server(slot.next_url, fhir_server):
-                to_fetch[key] = slot.next_url
+            relative = _relative_to(slot.next_url, fhir_server) if fhir_server and slot.next_url else None
+            if relative:
+                to_fetch[key] = relative
             else:
                 failures[key] = "only the first page of results was provided"
         elif slot.status in ("absent", "error"):

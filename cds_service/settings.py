@@ -29,7 +29,7 @@ class Settings:
     database_url: str = "sqlite:///lbp-redflags.db"
     cors_origins: tuple[str, ...] = ("*",)
     max_content_length: int = 32 * 1024 * 1024
-    fhir_allowed_servers: tuple[str, ...] = ("*",)
+    fhir_allowed_servers: tuple[str, ...] = ("loopback",)
     fhir_connect_timeout: float = 3.05
     fhir_read_timeout: float = 10.0
     fhir_total_timeout: float = 20.0

@@ -1,0 +1,195 @@
+"""Matching FHIR CodeableConcepts and free text against the value sets in valuesets/*.json.
+
+Codes first (system + code; ICD-10-CM prefixes and category ranges, dots and case ignored), then
+text (whole-word phrases, negation- and family-history-aware). A code the value set excludes
+vetoes the whole concept, so "C44.91 Basal cell carcinoma" never matches malignancy by its text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+VALUESET_DIR = Path(__file__).parent / "valuesets"
+
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CPT = "http://www.ama-assn.org/go/cpt"
+
+SYSTEM_ALIASES = {
+    "http://hl7.org/fhir/sid/icd-10": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.3": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "http://snomed.info/id": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "urn:oid:2.16.840.1.113883.6.88": RXNORM,
+    "urn:oid:2.16.840.1.113883.6.12": CPT,
+}
+SYSTEM_NAMES = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", LOINC: "LOINC", RXNORM: "RxNorm", CPT: "CPT"}
+
+# Cues that make a mention not a current personal finding, looked for in the words before it
+# (same clause) or, for the trailing ones, right after it.
+NEGATION_BEFORE = re.compile(
+    r"(?<![a-z0-9])(no|not|denies|denied|denying|negative for|without|free of|absence of|absent|"
+    r"no evidence of|no history of|no h/o|never|nil|none)(?![a-z0-9])")
+# After a mention, only a cue that closes the clause ("saddle anaesthesia: absent", "CES ruled out").
+NEGATION_AFTER = re.compile(r"^\W{0,3}(absent|negative|not present|denied|ruled out|excluded|none|nil|no)\W*$")
+FAMILY = re.compile(
+    r"(?<![a-z0-9])(family history|fhx|fh|mother|father|mum|dad|sister|brother|aunt|uncle|grandmother|"
+    r"grandfather|cousin|son|daughter|parent|sibling)(?![a-z0-9])")
+CLAUSE_BREAK = re.compile(r"[.;\n|!?]|\bbut\b|\bhowever\b")
+WINDOW_WORDS = 6
+
+
+def normalise_system(system: str | None) -> str | None:
+    if not isinstance(system, str):
+        return None
+    system = system.strip().rstrip("/")
+    return SYSTEM_ALIASES.get(system, system)
+
+
+def _icd(code: str) -> str:
+    return code.replace(".", "").strip().upper()
+
+
+@dataclass(frozen=True)
+class Match:
+    how: str  # "code" or "text"
+    system: str | None
+    code: str | None
+    display: str
+
+
+class _CodeRule:
+    """Codes, prefixes and ranges of one system (ICD-10-CM compared without dots, case-insensitive)."""
+
+    def __init__(self, system: str, spec: dict):
+        self.icd = system == ICD10CM
+        codes = spec.get("codes") or {}
+        self.displays = {self._norm(c): d for c, d in (codes.items() if isinstance(codes, dict)
+                                                        else ((c, "") for c in codes))}
+        self.prefixes = tuple(self._norm(p) for p in spec.get("prefixes") or ())
+        self.ranges = [(self._norm(a)[:3], self._norm(b)[:3]) for a, b in spec.get("ranges") or ()]
+
+    def _norm(self, code: str) -> str:
+        return _icd(code) if self.icd else code.strip()
+
+    def find(self, code: str) -> str | None:
+        """The display of the matching entry ('' when matched by prefix or range), or None."""
+        key = self._norm(code)
+        if key in self.displays:
+            return self.displays[key]
+        if any(key.startswith(p) for p in self.prefixes):
+            return ""
+        if self.icd and len(key) >= 3 and any(a <= key[:3] <= b for a, b in self.ranges):
+            return ""
+        return None
+
+
+def _phrase_pattern(phrase: str) -> str:
+    phrase = phrase.strip().lower()
+    wildcard = phrase.endswith("*")
+    words = [re.escape(w) for w in re.split(r"[\s\-]+", phrase.rstrip("*")) if w]
+    body = r"[\s\-]+".join(words) + (r"[a-z]*" if wildcard else "")
+    return rf"(?<![a-z0-9]){body}(?![a-z0-9])"
+
+
+class ValueSet:
+    def __init__(self, data: dict):
+        self.id = data["id"]
+        self.title = data.get("title", self.id)
+        self.source = data.get("source", [])
+        self.include = {normalise_system(s): _CodeRule(normalise_system(s), spec)
+                        for s, spec in (data.get("include") or {}).items()}
+        self.exclude = {normalise_system(s): _CodeRule(normalise_system(s), spec)
+                        for s, spec in (data.get("exclude") or {}).items()}
+        text = data.get("text") or {}
+        synonyms = [s for s in text.get("synonyms") or () if s.strip()]
+        vetoes = [s for s in text.get("exclude") or () if s.strip()]
+        self._synonyms = re.compile("|".join(_phrase_pattern(s) for s in synonyms)) if synonyms else None
+        self._vetoes = re.compile("|".join(_phrase_pattern(s) for s in vetoes)) if vetoes else None
+
+    def codes_for(self, system: str) -> list[str]:
+        rule = self.include.get(normalise_system(system))
+        return list(rule.displays) if rule else []
+
+    def match(self, concept) -> Match | None:
+        if not isinstance(concept, dict):
+            return None
+        codings = [c for c in concept.get("coding") or () if isinstance(c, dict)] \
+            if isinstance(concept.get("coding"), list) else []
+        texts = []
+        for coding in codings:
+            system, code = normalise_system(coding.get("system")), coding.get("code")
+            if isinstance(code, str) and system in self.exclude and self.exclude[system].find(code) is not None:
+                return None
+        for coding in codings:
+            system, code = normalise_system(coding.get("system")), coding.get("code")
+            display = coding.get("display") if isinstance(coding.get("display"), str) else ""
+            if isinstance(code, str) and system in self.include:
+                found = self.include[system].find(code)
+                if found is not None:
+                    return Match("code", system, code, display or found or self.title)
+            if display:
+                texts.append(display)
+        if isinstance(concept.get("text"), str):
+            texts.insert(0, concept["text"])
+        for text in texts:
+            found = self.match_text(text)
+            if found is not None:
+                return found
+        return None
+
+    def match_text(self, text) -> Match | None:
+        if self._synonyms is None or not isinstance(text, str) or not text.strip():
+            return None
+        lowered = text.lower()
+        if self._vetoes is not None and self._vetoes.search(lowered):
+            return None
+        for hit in self._synonyms.finditer(lowered):
+            if not _negated(lowered, hit.start(), hit.end()):
+                return Match("text", None, None, text[hit.start():hit.end()])
+        return None
+
+
+def _negated(text: str, start: int, end: int) -> bool:
+    before = CLAUSE_BREAK.split(text[:start])[-1]
+    window = " ".join(before.split()[-WINDOW_WORDS:])
+    if NEGATION_BEFORE.search(window) or FAMILY.search(before):
+        return True
+    after = CLAUSE_BREAK.split(text[end:])[0]
+    return bool(NEGATION_AFTER.search(after))
+
+
+@cache
+def value_set(name: str) -> ValueSet:
+    path = VALUESET_DIR / f"{name}.json"
+    return ValueSet(json.loads(path.read_text(encoding="utf-8")))
+
+
+def all_value_sets() -> list[str]:
+    return sorted(p.stem for p in VALUESET_DIR.glob("*.json"))
+
+
+def coding_label(concept) -> str:
+    """Short human-readable label: text, else the first display, else 'ICD-10-CM M54.50'."""
+    if not isinstance(concept, dict):
+        return ""
+    codings = [c for c in concept.get("coding") or () if isinstance(c, dict)] \
+        if isinstance(concept.get("coding"), list) else []
+    coded = next((c for c in codings if isinstance(c.get("code"), str)), None)
+    code_part = ""
+    if coded:
+        system = normalise_system(coded.get("system"))
+        code_part = f"{SYSTEM_NAMES.get(system, 'local code')} {coded['code']}"
+    text = concept.get("text") if isinstance(concept.get("text"), str) else None
+    text = text or next((c["display"] for c in codings if isinstance(c.get("display"), str)), None)
+    if text and code_part:
+        return f"{text} ({code_part})"
+    return text or code_part

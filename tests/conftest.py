@@ -1,0 +1,120 @@
+"""Fixtures: the app and its test client (in-process), and the real service (gunicorn) on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+
+from cds_service.app import create_app
+from cds_service.settings import load_settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SPEC = FIXTURES / "cds-hooks-spec"
+ROOT = Path(__file__).parent.parent
+
+pytest_plugins = ["fhir_fixtures"]
+
+
+def fixture_json(relative: str):
+    return json.loads((FIXTURES / relative).read_text(encoding="utf-8"))
+
+
+def today():
+    return datetime.now(UTC).date()
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings(env={}, database_url=f"sqlite:///{tmp_path / 'test.db'}")
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningService:
+    """`lbp-redflags serve` (gunicorn) in a subprocess, reached over real sockets."""
+
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"service-{self.port}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("LBP_")}
+        full_env.update({"LBP_DATABASE_URL": f"sqlite:///{tmp / f'service-{self.port}.db'}", "LBP_WORKERS": "2"})
+        full_env.update(env or {})
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited: {self.log()}")
+            try:
+                if requests.get(self.base_url + "/healthz", timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"service did not start: {self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def post(self, service_id: str, body: dict, **kwargs) -> requests.Response:
+        return requests.post(f"{self.base_url}/cds-services/{service_id}", json=body, timeout=60, **kwargs)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    running = RunningService(tmp_path_factory.mktemp("service"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def start_service(tmp_path_factory):
+    """Factory for services with their own settings (e.g. short FHIR timeouts)."""
+    started = []
+
+    def start(**env: str) -> RunningService:
+        running = RunningService(tmp_path_factory.mktemp("service"), {f"LBP_{k.upper()}": v for k, v in env.items()})
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

@@ -1,0 +1,115 @@
+"""Code and text matching against the value sets: codes first, then negation-aware text."""
+
+import pytest
+
+from fhir_mappings.terminology import coding_label, value_set
+
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+SCT = "http://snomed.info/sct"
+
+
+def cc(system=None, code=None, display=None, text=None):
+    concept = {}
+    if code:
+        coding = {"system": system, "code": code}
+        if display:
+            coding["display"] = display
+        concept["coding"] = [coding]
+    if text:
+        concept["text"] = text
+    return concept
+
+
+def matches(name, concept):
+    return value_set(name).match(concept) is not None
+
+
+def test_snomed_code_matches():
+    assert value_set("low-back-pain").match(cc(SCT, "279039007")).how == "code"
+
+
+@pytest.mark.parametrize("code", ["M54.50", "M5450", "m54.5", "M54.42"])
+def test_icd_codes_match_with_or_without_dots_and_by_prefix(code):
+    assert matches("low-back-pain", cc(ICD, code))
+
+
+def test_icd_10_alias_system_is_accepted():
+    assert matches("low-back-pain", cc("http://hl7.org/fhir/sid/icd-10", "M54.5"))
+
+
+@pytest.mark.parametrize("code", ["M54.2", "M54.6", "M25.561"])
+def test_neck_thoracic_and_knee_pain_are_not_low_back_pain(code):
+    assert not matches("low-back-pain", cc(ICD, code))
+
+
+@pytest.mark.parametrize("code", ["C61", "C50.912", "C34.90", "C43.9", "C90.00", "C81.90"])
+def test_malignant_neoplasm_codes_match_by_chapter_range(code):
+    assert matches("malignancy", cc(ICD, code))
+
+
+def test_non_melanoma_skin_cancer_is_not_malignancy_even_by_its_display():
+    assert not matches("malignancy", cc(ICD, "C44.91", "Basal cell carcinoma of skin, unspecified"))
+
+
+def test_personal_history_of_skin_cancer_is_excluded():
+    assert not matches("cancer-personal-history", cc(ICD, "Z85.828"))
+    assert matches("cancer-personal-history", cc(ICD, "Z85.46"))
+
+
+def test_family_history_code_is_not_personal_history():
+    assert not matches("cancer-personal-history", cc(ICD, "Z80.3"))
+
+
+@pytest.mark.parametrize("text", ["h/o breast ca", "Ca prostate, on ADT", "known lung ca"])
+def test_clinical_abbreviations_match_as_whole_tokens(text):
+    assert value_set("malignancy").match_text(text) or value_set("cancer-personal-history").match_text(text)
+
+
+@pytest.mark.parametrize("text", ["calcium 2.4", "cancelled appointment", "cardiac arrest"])
+def test_abbreviations_do_not_match_inside_other_words(text):
+    assert not value_set("malignancy").match_text(text)
+    assert not value_set("cancer-personal-history").match_text(text)
+
+
+@pytest.mark.parametrize("text", ["denies night pain", "No saddle anaesthesia", "no fever, night sweats or night pain"])
+def test_negated_mentions_do_not_match(text):
+    assert not any(value_set(n).match_text(text) for n in ("night-pain", "saddle-anesthesia"))
+
+
+def test_a_finding_ruled_out_after_the_mention_does_not_match():
+    assert not value_set("cauda-equina-syndrome").match_text("cauda equina syndrome ruled out")
+
+
+def test_rule_out_means_suspected_and_matches():
+    assert value_set("cauda-equina-syndrome").match_text("r/o cauda equina syndrome")
+
+
+def test_plain_mention_matches():
+    assert value_set("night-pain").match_text("Back pain, wakes him at night").how == "text"
+
+
+def test_family_history_text_is_not_a_personal_cancer():
+    assert not value_set("malignancy").match_text("Family history of breast cancer (mother)")
+
+
+def test_mets_abbreviation_is_metastatic_disease():
+    assert matches("metastatic-disease", cc(text="mets to spine"))
+
+
+def test_text_veto_phrase_blocks_a_match():
+    assert not value_set("smoking-current").match_text("ex-smoker, quit 2010")
+    assert value_set("smoking-current").match_text("current smoker, 20/day")
+
+
+def test_local_codes_fall_back_to_text():
+    concept = cc("http://hospital.example.org/codes", "ONC-17", "Carcinoma of lung")
+    assert value_set("malignancy").match(concept).how == "text"
+
+
+def test_malformed_concepts_do_not_raise():
+    for concept in ({"coding": "x"}, {"coding": [None, 3, {"code": 5}]}, {"text": 12}, "text", None):
+        assert value_set("malignancy").match(concept) is None
+
+
+def test_coding_label_shows_text_and_code():
+    assert coding_label(cc(ICD, "M54.50", "Low back pain, unspecified")) == "Low back pain, unspecified (ICD-10-CM M54.50)"
