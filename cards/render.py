@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .assess import Assessment, RedFlag, knowledge, rules_version
 from .orders import ImagingOrder, Rating, rating_action
-from .suggestions import escalate_order_action, replace_order_actions, service_request
+from .suggestions import REASON_TYPES, delete_order_action, escalate_order_action, replace_order_actions, service_request
 
 UUID_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-4e55-9a0c-5d2f0b7c9e41")
 INDICATORS = {"emergency": "critical", "imaging": "warning", "consider": "info", "none": "info"}
@@ -101,7 +101,7 @@ def _reasons(assessment: Assessment) -> list[str]:
     for flag in assessment.red_flags:
         for ev in flag.evidence:
             for ref in ev.reference.split(", "):
-                if "/" in ref and not ref.startswith("Patient") and ref not in refs:
+                if ref.split("/")[0] in REASON_TYPES and ref not in refs:
                     refs.append(ref)
     return refs[:10]
 
@@ -157,7 +157,8 @@ def chart_suggestions(ctx: CardContext, assessment: Assessment, sex, age) -> lis
     return out
 
 
-def order_suggestions(ctx: CardContext, assessment: Assessment, orders: list[ImagingOrder], sex, age) -> list[dict]:
+def order_suggestions(ctx: CardContext, assessment: Assessment, orders: list[ImagingOrder], sex, age,
+                      ratings: dict[str, Rating] | None = None) -> list[dict]:
     tier = assessment.tier
     spec = recommendations()["tiers"][tier]
     out: list[dict] = []
@@ -166,7 +167,10 @@ def order_suggestions(ctx: CardContext, assessment: Assessment, orders: list[Ima
         for order in orders:
             if order.orderable == study or (order.modality.startswith("mri") and not assessment.known_cancer):
                 out.append(_suggestion(ctx, f"stat-{order.reference}", "Make this MRI a STAT order",
-                                       [escalate_order_action(order, "stat")], True))
+                                       [escalate_order_action(
+                                           order, "stat", rating=(ratings or {}).get(order.reference),
+                                           consult_id=stable_uuid(ctx, "consult", order.reference)
+                                           if (ratings or {}).get(order.reference) else None)], True))
             else:
                 out.append(_suggestion(ctx, f"replace-{order.reference}",
                                        "Replace with STAT MRI" + (" of the whole spine" if assessment.known_cancer
@@ -192,9 +196,9 @@ def order_suggestions(ctx: CardContext, assessment: Assessment, orders: list[Ima
         out.append(_labs_suggestion(ctx, assessment, sex, age, recommended=True))
     if tier in ("consider", "none"):
         for order in orders:
-            out.append(_suggestion(ctx, f"remove-{order.reference}", "Remove the imaging order",
-                                   [{"type": "delete", "description": "Remove the draft lumbar imaging order",
-                                     "resourceId": [order.reference]}], tier == "none"))
+            if order.resource_id:
+                out.append(_suggestion(ctx, f"remove-{order.reference}", "Remove the imaging order",
+                                       [delete_order_action(order)], tier == "none"))
     return out
 
 
@@ -229,7 +233,8 @@ def build_card(ctx: CardContext, assessment: Assessment, *, sex=None, age=None,
     spec = recommendations()["tiers"][tier]
     order_hook = orders is not None
     next_step = spec["next_step_cancer"] if tier == "emergency" and assessment.known_cancer else spec["next_step"]
-    suggestions = (order_suggestions(ctx, assessment, orders, sex, age) if order_hook
+    suggestions = (order_suggestions(ctx, assessment, orders, sex, age, {o.reference: r for o, r in ratings or []})
+                   if order_hook
                    else chart_suggestions(ctx, assessment, sex, age))
     systems = recommendations()["code_systems"]
     card = {

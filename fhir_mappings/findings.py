@@ -453,20 +453,22 @@ def extract(record: PatientRecord, today: date) -> Facts:
     )
     lbp_condition_ids: set[str] = set()
     for condition in record.of_type("Condition"):
-        for finding in _condition_findings(condition):
+        for finding in _safely(facts, condition, _condition_findings):
             if finding.concept == "low-back-pain":
                 if finding.active:
                     facts.lbp.append(finding)
                     lbp_condition_ids.add(str(condition.get("id")))
             else:
                 facts.findings.append(finding)
-    _observations(record.of_type("Observation"), facts)
+    observations = [o for o in record.of_type("Observation") if _safely(facts, o, _well_formed_observation)]
+    _observations(observations, facts)
     for request in record.of_type("MedicationRequest"):
-        facts.findings.extend(_medication_findings(request))
+        facts.findings.extend(_safely(facts, request, _medication_findings))
     for procedure in record.of_type("Procedure"):
-        facts.findings.extend(_procedure_findings(procedure))
+        facts.findings.extend(_safely(facts, procedure, _procedure_findings))
     for encounter in record.of_type("Encounter"):
-        finding = _encounter_lbp(encounter, lbp_condition_ids)
+        found = _safely(facts, encounter, lambda e: [_encounter_lbp(e, lbp_condition_ids)])
+        finding = found[0] if found else None
         if finding is None:
             continue
         if record.encounter_id and encounter.get("id") == record.encounter_id:
@@ -476,3 +478,28 @@ def extract(record: PatientRecord, today: date) -> Facts:
     onsets = [f.onset for f in facts.lbp if f.onset]
     facts.lbp_onset = min(onsets) if onsets else None
     return facts
+
+
+def _safely(facts: Facts, resource: dict, read) -> list:
+    """A malformed resource is skipped and named on the card, never a crash of the whole request."""
+    try:
+        return read(resource)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+        facts.unavailable.append(f"{_ref(resource)}: malformed, not read")
+        return []
+
+
+def _well_formed_observation(observation: dict) -> list:
+    """Probe the parts the lab reader touches, so a malformed Observation is skipped whole."""
+    for name in ("code", "valueCodeableConcept"):
+        concept = observation.get(name)
+        if concept is not None:
+            value_set("esr").match(concept)
+    quantity = observation.get("valueQuantity")
+    if quantity is not None and not isinstance(quantity, dict):
+        raise TypeError("valueQuantity")
+    for rng in observation.get("referenceRange") or []:
+        if not isinstance(rng, dict):
+            raise TypeError("referenceRange")
+    _effective(observation)
+    return [observation]

@@ -39,7 +39,9 @@ NEGATION_BEFORE = re.compile(
     r"(?<![a-z0-9])(no|not|denies|denied|denying|negative for|without|free of|absence of|absent|"
     r"no evidence of|no history of|no h/o|never|nil|none)(?![a-z0-9])")
 # After a mention, only a cue that closes the clause ("saddle anaesthesia: absent", "CES ruled out").
-NEGATION_AFTER = re.compile(r"^\W{0,3}(absent|negative|not present|denied|ruled out|excluded|none|nil|no)\W*$")
+NEGATION_AFTER = re.compile(
+    r"^(?:\W{0,3}(?:no|absent)|[\w\s\-/]{0,40}?(?<![a-z0-9])(?:absent|negative|not present|denied|ruled out|"
+    r"excluded|none|nil))\W*$")
 FAMILY = re.compile(
     r"(?<![a-z0-9])(family history|fhx|fh|mother|father|mum|dad|sister|brother|aunt|uncle|grandmother|"
     r"grandfather|cousin|son|daughter|parent|sibling)(?![a-z0-9])")

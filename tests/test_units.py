@@ -43,10 +43,10 @@ def test_international_units_per_litre_compare_with_units_per_litre():
     assert quantity_value(q(150, "[IU]/L"), "U/L") == pytest.approx(150)
 
 
-@pytest.mark.parametrize("unit,target,expected", [("g/dl", "g/dL", 9.5), ("lbs", "kg", 4.309), ("°F", "Cel", 35.278),
-                                                  ("mm/hr", "mm/h", 9.5)])
-def test_free_text_units_are_read_leniently(unit, target, expected):
-    assert quantity_value({"value": 9.5, "unit": unit}, target) == pytest.approx(expected, abs=0.01)
+@pytest.mark.parametrize("value,unit,target,expected", [(9.5, "g/dl", "g/dL", 9.5), (9.5, "lbs", "kg", 4.309),
+                                                        (100.4, "°F", "Cel", 38.0), (9.5, "mm/hr", "mm/h", 9.5)])
+def test_free_text_units_are_read_leniently(value, unit, target, expected):
+    assert quantity_value({"value": value, "unit": unit}, target) == pytest.approx(expected, abs=0.01)
 
 
 def test_incompatible_units_give_none():
