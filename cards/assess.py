@@ -57,7 +57,8 @@ class Assessment:
     applicable: bool
     tier: str = "none"
     red_flags: list[RedFlag] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)  # why this tier, each with its source
+    reasons: list[str] = field(default_factory=list)  # why this tier
+    source: str = ""  # the guidelines and studies behind the tier
     lbp_evidence: list[Evidence] = field(default_factory=list)
     lbp_days: int | None = None
     known_cancer: bool = False  # qualifying cancer, metastatic disease or myeloma
@@ -158,7 +159,8 @@ def cancer_flags(facts: Facts, flags: dict) -> tuple[bool, bool]:
 
 
 def weight_loss_flag(facts: Facts, flags: dict) -> None:
-    documented = [f.evidence for f in facts.having("unintentional-weight-loss") if f.active and _recent_year(f, facts)]
+    documented = [f.evidence for f in facts.having("unintentional-weight-loss")
+                  if f.active and _recent_year(f, facts)]
     explained = [f for f in facts.having("weight-loss-explained") if _recent_year(f, facts, years=2)]
     derived = _derived_weight_loss(facts)
     if derived and not explained:
@@ -188,8 +190,8 @@ def _derived_weight_loss(facts: Facts) -> Evidence | None:
         return None
     return Evidence(
         reference=f"{start.evidence.reference}, {latest.evidence.reference}",
-        label="Body weight fell {:.1f} % ({} on {} → {} on {})".format(
-            loss * 100, start.evidence.value, start.evidence.date, latest.evidence.value, latest.evidence.date),
+        label=(f"Body weight fell {loss * 100:.1f} % ({start.evidence.value} on {start.evidence.date} "
+               f"→ {latest.evidence.value} on {latest.evidence.date})"),
         date=latest.evidence.date, value=f"-{loss * 100:.1f} %", how="derived")
 
 
@@ -278,7 +280,7 @@ def lab_flags(facts: Facts, flags: dict) -> None:
         strong = hb.value < threshold("hemoglobin_strong_g_dl")
         if hb.value < limit:
             _flag(flags, "anemia", [hb.evidence], strong=strong,
-                  note=f"Hb < {threshold('hemoglobin_strong_g_dl'):g} g/dL (strong)" if strong
+                  note=f"Hb < {threshold('hemoglobin_strong_g_dl'):g} g/dL, strong" if strong
                   else f"Hb < {limit:g} g/dL")
     hct = facts.labs.get("hematocrit")
     if hct:
@@ -286,7 +288,7 @@ def lab_flags(facts: Facts, flags: dict) -> None:
         strong = hct.value < threshold("hematocrit_strong_pct")
         if hct.value < limit:
             _flag(flags, "anemia", [hct.evidence], strong=strong,
-                  note=f"haematocrit < {threshold('hematocrit_strong_pct'):g} % (strong)" if strong
+                  note=f"haematocrit < {threshold('hematocrit_strong_pct'):g} %, strong" if strong
                   else f"haematocrit < {limit:g} %")
     _flag(flags, "anemia", [f.evidence for f in facts.having("anemia-diagnosis") if f.active])
 
@@ -294,7 +296,7 @@ def lab_flags(facts: Facts, flags: dict) -> None:
     if esr and compare(esr.value, *rule("esr_mm_h")):
         strong = compare(esr.value, *rule("esr_strong_mm_h"))
         _flag(flags, "elevated-esr", [esr.evidence], strong=strong,
-              note=f"≥ {threshold('esr_strong_mm_h'):g} mm/h (strong)" if strong
+              note=f"≥ {threshold('esr_strong_mm_h'):g} mm/h, strong" if strong
               else f"≥ {threshold('esr_mm_h'):g} mm/h")
     _flag(flags, "elevated-esr", [f.evidence for f in facts.having("elevated-esr-diagnosis") if f.active])
 
@@ -302,7 +304,7 @@ def lab_flags(facts: Facts, flags: dict) -> None:
     if psa and compare(psa.value, *rule("psa_ng_ml")):
         strong = compare(psa.value, *rule("psa_strong_ng_ml"))
         _flag(flags, "elevated-psa", [psa.evidence], strong=strong,
-              note=f"≥ {threshold('psa_strong_ng_ml'):g} ng/mL (strong)" if strong
+              note=f"≥ {threshold('psa_strong_ng_ml'):g} ng/mL, strong" if strong
               else f"> {threshold('psa_ng_ml'):g} ng/mL")
     _flag(flags, "elevated-psa", [f.evidence for f in facts.having("elevated-psa-diagnosis") if f.active])
 
@@ -379,17 +381,14 @@ def assess(facts: Facts) -> Assessment:
         imaging.append("objective neurological deficit")
 
     if emergency:
-        result.tier = "emergency"
-        result.reasons = [f"{r} — {tiers['emergency']['source']}" for r in emergency]
+        result.tier, result.reasons = "emergency", emergency
     elif imaging:
-        result.tier = "imaging"
-        result.reasons = [f"{r} — {tiers['imaging']['source']}" for r in imaging]
+        result.tier, result.reasons = "imaging", imaging
     elif flags:
-        result.tier = "consider"
-        result.reasons = [f"weaker red flags only — {tiers['consider']['source']}"]
+        result.tier, result.reasons = "consider", ["weaker red flags only"]
     else:
-        result.tier = "none"
-        result.reasons = [f"no red flag found — {tiers['none']['source']}"]
+        result.tier, result.reasons = "none", ["no red flag found"]
+    result.source = tiers[result.tier]["source"]
     result.probability, result.probability_note = estimate_probability(flags)
     return result
 

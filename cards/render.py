@@ -14,7 +14,13 @@ from pathlib import Path
 
 from .assess import Assessment, RedFlag, knowledge, rules_version
 from .orders import ImagingOrder, Rating, rating_action
-from .suggestions import REASON_TYPES, delete_order_action, escalate_order_action, replace_order_actions, service_request
+from .suggestions import (
+    REASON_TYPES,
+    delete_order_action,
+    escalate_order_action,
+    replace_order_actions,
+    service_request,
+)
 
 UUID_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-4e55-9a0c-5d2f0b7c9e41")
 INDICATORS = {"emergency": "critical", "imaging": "warning", "consider": "info", "none": "info"}
@@ -64,7 +70,7 @@ def detail_markdown(assessment: Assessment, next_step: str, ratings: list[tuple[
     else:
         lines.append("**No red flag was found in the record.**")
     lines.append("")
-    lines.append("**Why:** " + " ".join(f"{r}." for r in assessment.reasons))
+    lines.append("**Why:** " + "; ".join(assessment.reasons) + f". _Source: {assessment.source}._")
     lines.append("")
     lines.append(f"**Recommended next step:** {next_step}")
     for order, rating in ratings:
@@ -74,14 +80,16 @@ def detail_markdown(assessment: Assessment, next_step: str, ratings: list[tuple[
     if assessment.lbp_evidence:
         ev = assessment.lbp_evidence[0]
         since = f" since {ev.date.isoformat()}" if ev.date else ""
-        weeks = f" ({assessment.lbp_days // 7} weeks)" if assessment.lbp_days is not None else ""
+        weeks = f" ({_duration(assessment.lbp_days)})" if assessment.lbp_days is not None else ""
         lines.append("")
         lines.append(f"**Low back pain:** {ev.label}{since}{weeks} [{ev.reference}]")
-    if assessment.probability is not None:
+    if assessment.tier == "emergency" and not assessment.known_cancer:
+        pass  # the emergency is compression, not malignancy: a cancer estimate would distract
+    elif assessment.probability is not None:
         lines.append("")
         lines.append(f"**Estimated probability of malignancy:** about {assessment.probability * 100:.1f} % "
                      f"({assessment.probability_note}).")
-    elif assessment.probability_note:
+    elif assessment.probability_note and assessment.tier != "emergency":
         lines.append("")
         lines.append(f"**Estimated probability of malignancy:** {assessment.probability_note}.")
     if assessment.unavailable:
@@ -92,6 +100,12 @@ def detail_markdown(assessment: Assessment, next_step: str, ratings: list[tuple[
     lines.append("")
     lines.append(f"_Rules version {rules_version()}._")
     return "\n".join(lines)
+
+
+def _duration(days: int) -> str:
+    if days < 14:
+        return f"{days} day{'s' if days != 1 else ''}"
+    return f"{days // 7} weeks"
 
 
 # ---------------------------------------------------------------- suggestions

@@ -13,12 +13,9 @@ Choices (see also the module docstring of ``cards.orders``):
   who accepts it signs it into an order (intent ``order``) in the EHR.
 * CPT codings carry no ``display`` (AMA descriptors are copyrighted); ``code.text`` is the
   project's own name for the study.
-* A ``delete`` action names the draft in ``resourceId`` as a list of relative references
-  (``["ServiceRequest/sr1"]``), the form the project's response schema
-  (``cds_service/schemas/response.schema.json``) and ``cards.render`` use. The CDS Hooks 2.0.1 text
-  types ``resourceId`` as a single string (its example:
-  ``"resourceId": "ServiceRequest/procedure-request-1"``); ``delete_order_action`` is the one place
-  to change should the project move to that form.
+* A ``delete`` action names the draft in ``resourceId`` as one relative reference
+  (``"ServiceRequest/sr1"``), as CDS Hooks 2.0.1 types it (its example:
+  ``"resourceId": "ServiceRequest/procedure-request-1"``).
 """
 
 from __future__ import annotations
@@ -227,7 +224,7 @@ def delete_order_action(order: ImagingOrder, description: str | None = None) -> 
     return {
         "type": "delete",
         "description": description or f"Remove the draft order: {_draft_label(order)}.",
-        "resourceId": [f"ServiceRequest/{order.resource_id}"],
+        "resourceId": f"ServiceRequest/{order.resource_id}",
     }
 
 

@@ -60,7 +60,8 @@ def test_refuted_cauda_equina_is_ignored():
 
 
 def test_cancer_cured_25_years_ago_is_a_weak_flag_only():
-    old = condition("ca", "C50.912", "Breast cancer", 30 * 365, clinical="resolved", abatementDateTime=days_ago(25 * 365))
+    old = condition("ca", "C50.912", "Breast cancer", 30 * 365, clinical="resolved",
+                    abatementDateTime=days_ago(25 * 365))
     result = run(LBP, old)
     assert result.tier == "consider" and "cancer-history" in result.flag_ids
 

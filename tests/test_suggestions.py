@@ -159,7 +159,7 @@ def test_replace_deletes_the_draft_then_creates_the_new_order():
     )
     assert [a["type"] for a in actions] == ["delete", "create"]
     delete, create = actions
-    assert delete["resourceId"] == ["ServiceRequest/example-MRI-59879846"]
+    assert delete["resourceId"] == "ServiceRequest/example-MRI-59879846"
     assert "resource" not in delete
     assert delete["description"] and create["description"]
     new = create["resource"]
@@ -215,7 +215,7 @@ def test_delete_action():
     assert action == {
         "type": "delete",
         "description": "Remove the draft lumbar imaging order",
-        "resourceId": ["ServiceRequest/sr1"],
+        "resourceId": "ServiceRequest/sr1",
     }
     assert_valid_actions([action])
 

@@ -112,4 +112,5 @@ def test_malformed_concepts_do_not_raise():
 
 
 def test_coding_label_shows_text_and_code():
-    assert coding_label(cc(ICD, "M54.50", "Low back pain, unspecified")) == "Low back pain, unspecified (ICD-10-CM M54.50)"
+    label = coding_label(cc(ICD, "M54.50", "Low back pain, unspecified"))
+    assert label == "Low back pain, unspecified (ICD-10-CM M54.50)"
