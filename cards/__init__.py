@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 
 from fhir_mappings.findings import extract
@@ -9,14 +10,19 @@ from fhir_mappings.record import PatientRecord
 
 from .assess import assess
 from .orders import lumbar_imaging_orders, rate
-from .render import CardContext, build_card, rating_actions
+from .render import CardContext, build_card, follow_up_card, rating_actions
 
 ORDER_HOOKS = ("order-select", "order-sign")
 
 
 def respond(hook: str, service_id: str, record: PatientRecord, *, today: date, hook_instance: str,
-            source_url: str | None = None) -> dict:
-    """The CDS Hooks response body for one hook call: {"cards": [...]} (+ systemActions for orders)."""
+            source_url: str | None = None,
+            accepted_at_select: Callable[[str, list[str]], bool] | None = None) -> dict:
+    """The CDS Hooks response body for one hook call: {"cards": [...]} (+ systemActions for orders).
+
+    accepted_at_select(tier, studies) tells whether the clinician already accepted the same advice
+    at order-select; order-sign then shows the rating only — never for an emergency.
+    """
     patient = record.patient or {}
     ctx = CardContext(hook, service_id, hook_instance, patient.get("id"), record.encounter_id, source_url)
     facts = extract(record, today)
@@ -37,7 +43,12 @@ def respond(hook: str, service_id: str, record: PatientRecord, *, today: date, h
     ratings = [(order, rate(order, assessment.tier, weeks)) for order in orders]
     selected = [o for o in orders if o.reference in record.selections] if hook == "order-select" else []
     spoken = selected or orders
-    card = build_card(ctx, assessment, sex=facts.sex, age=facts.age, orders=spoken,
-                      ratings=[(o, r) for o, r in ratings if o in spoken])
+    studies = sorted({o.orderable or o.modality for o in spoken})
+    if (hook == "order-sign" and assessment.tier != "emergency" and accepted_at_select is not None
+            and accepted_at_select(assessment.tier, studies)):
+        card = follow_up_card(ctx, assessment, ratings)
+    else:
+        card = build_card(ctx, assessment, sex=facts.sex, age=facts.age, orders=spoken,
+                          ratings=[(o, r) for o, r in ratings if o in spoken])
     actions = rating_actions(ctx, ratings)
     return {"cards": [card], "systemActions": actions, "extension": {"systemActions": actions}}

@@ -288,9 +288,35 @@ def extension(assessment: Assessment, ratings: list[tuple[ImagingOrder, Rating]]
     if assessment.probability is not None:
         ext["estimatedProbability"] = round(assessment.probability, 4)
     if ratings:
-        ext["ratings"] = [{"order": o.reference, "modality": r.modality, "rating": r.pama_code,
+        ext["ratings"] = [{"order": o.reference, "study": o.orderable or o.modality, "modality": r.modality,
+                           "rating": r.pama_code,
                            "acrCategory": r.acr_category, "acrVariant": r.acr_variant} for o, r in ratings]
     return ext
+
+
+def follow_up_card(ctx: CardContext, assessment: Assessment, ratings: list[tuple[ImagingOrder, Rating]]) -> dict:
+    """order-sign after the clinician accepted the same advice at order-select: the rating only."""
+    worst = "not-appropriate" if any(r.pama_code == "not-appropriate" for _, r in ratings) else "appropriate"
+    lines = [f"**Order rating** ({o.reference}): {r.pama_code} — {r.explanation} _({r.source})_" for o, r in ratings]
+    lines.append("")
+    lines.append("The full red-flag advice for this patient and study was shown and accepted at order "
+                 "selection; it is not repeated here.")
+    if assessment.unavailable:
+        lines.append("")
+        lines.append("**Not checked — data unavailable:**")
+        lines.extend(f"- {item}" for item in assessment.unavailable)
+    ext = extension(assessment, ratings)
+    ext["followUp"] = True
+    return {
+        "uuid": stable_uuid(ctx, "card", assessment.tier),
+        "summary": f"Lumbar imaging rated {worst.replace('-', ' ')}; advice already accepted at order selection",
+        "detail": "\n".join(lines),
+        "indicator": INDICATORS[assessment.tier],
+        "source": {"label": recommendations()["source_label"],
+                   "topic": {"system": recommendations()["code_systems"]["topic"],
+                             **recommendations()["tiers"][assessment.tier]["topic"]}},
+        "extension": {"lbp-redflags": ext},
+    }
 
 
 def rating_actions(ctx: CardContext, ratings: list[tuple[ImagingOrder, Rating]]) -> list[dict]:

@@ -87,10 +87,15 @@ def call_service(service_id: str):
         unavailable=gathered.unavailable,
     )
     today = datetime.now(UTC).date()
-    response = respond(service.hook, service.id, record, today=today, hook_instance=body["hookInstance"])
-    store = current_app.extensions.get("lbp_store")
-    if store is not None:
-        store.record_cards(service.id, body["hookInstance"], response.get("cards", []))
+    store = current_app.extensions["lbp_store"]
+    patient_id = context["patientId"]
+    response = respond(
+        service.hook, service.id, record, today=today, hook_instance=body["hookInstance"],
+        source_url=settings.source_url or None,
+        accepted_at_select=lambda tier, studies: store.acted_at_order_select(patient_id, tier, studies),
+    )
+    store.record_cards(service.id, body["hookInstance"], response.get("cards", []), patient_id=patient_id)
+
     log.info("hook=%s hookInstance=%s cards=%d sources=%s elapsed_ms=%.1f", service.hook, body["hookInstance"],
              len(response.get("cards", [])), ",".join(f"{k}:{v}" for k, v in gathered.sources.items()),
              (time.perf_counter() - started) * 1000)

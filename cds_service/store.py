@@ -6,8 +6,12 @@ No patient identifiers, no tokens, no card text.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
-from datetime import UTC, datetime
+import logging
+import secrets
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     Column,
@@ -22,9 +26,10 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+log = logging.getLogger("lbp_redflags.store")
 metadata = MetaData()
 
 issued_cards = Table(
@@ -36,7 +41,16 @@ issued_cards = Table(
     Column("indicator", String(16), nullable=False),
     Column("tier", String(16), nullable=False),
     Column("red_flags", Text, nullable=False),
+    Column("patient_key", String(64), index=True),  # keyed hash, never the identifier itself
+    Column("studies", Text),  # the imaging orderables/modalities the card spoke about
     Column("issued_at", DateTime(timezone=True), nullable=False),
+)
+
+settings_table = Table(
+    "store_settings",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
 )
 
 feedback = Table(
@@ -77,8 +91,37 @@ class Store:
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.close()
         metadata.create_all(self.engine)
+        self._key = self._hash_key()
 
-    def record_cards(self, service_id: str, hook_instance: str, cards: list[dict]) -> None:
+    def _hash_key(self) -> bytes:
+        """A random key made once per database: patient ids are stored only as HMACs under it."""
+        with self.engine.begin() as conn:
+            value = conn.scalar(select(settings_table.c.value).where(settings_table.c.name == "patient_key"))
+            if value is None:
+                value = secrets.token_hex(32)
+                try:
+                    conn.execute(settings_table.insert(), {"name": "patient_key", "value": value})
+                except IntegrityError:
+                    pass
+        with self.engine.connect() as conn:
+            value = conn.scalar(select(settings_table.c.value).where(settings_table.c.name == "patient_key"))
+        return bytes.fromhex(value)
+
+    def patient_key(self, patient_id: str | None) -> str | None:
+        if not patient_id:
+            return None
+        return hmac.new(self._key, patient_id.encode(), hashlib.sha256).hexdigest()
+
+    def record_cards(self, service_id: str, hook_instance: str, cards: list[dict],
+                     patient_id: str | None = None) -> None:
+        """Best effort: the cards reach the clinician even when the store cannot be written."""
+        try:
+            self._record_cards(service_id, hook_instance, cards, patient_id)
+        except SQLAlchemyError as exc:
+            log.warning("could not store issued cards (hookInstance=%s): %s", hook_instance, exc.__class__.__name__)
+
+    def _record_cards(self, service_id: str, hook_instance: str, cards: list[dict],
+                      patient_id: str | None) -> None:
         rows = []
         now = datetime.now(UTC)
         for card in cards:
@@ -87,6 +130,8 @@ class Store:
                 "uuid": card["uuid"], "service_id": service_id, "hook_instance": hook_instance,
                 "indicator": card.get("indicator", "info"), "tier": ext.get("tier", "none"),
                 "red_flags": json.dumps(ext.get("redFlags", [])), "issued_at": now,
+                "patient_key": self.patient_key(patient_id),
+                "studies": json.dumps(sorted({r.get("study") or r.get("modality") for r in ext.get("ratings", [])})),
             })
         if not rows:
             return
@@ -119,6 +164,32 @@ class Store:
                 "outcome_timestamp": item["outcomeTimestamp"], "received_at": now,
             } for item in items])
         return len(items)
+
+    def acted_at_order_select(self, patient_id: str | None, tier: str, studies: list[str],
+                              within: timedelta = timedelta(hours=24)) -> bool:
+        """Whether a clinician accepted the same advice (patient, study, tier) at order-select lately."""
+        key = self.patient_key(patient_id)
+        if key is None or not studies:
+            return False
+        try:
+            return self._acted(key, tier, studies, within)
+        except SQLAlchemyError as exc:
+            log.warning("could not read feedback: %s", exc.__class__.__name__)
+            return False  # show the full advice
+
+    def _acted(self, key: str, tier: str, studies: list[str], within: timedelta) -> bool:
+        since = datetime.now(UTC) - within
+        query = (select(issued_cards.c.studies, issued_cards.c.issued_at)
+                 .join(feedback, feedback.c.card_uuid == issued_cards.c.uuid)
+                 .where(issued_cards.c.patient_key == key, issued_cards.c.tier == tier,
+                        issued_cards.c.service_id == "lbp-imaging-order-select",
+                        feedback.c.outcome == "accepted"))
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                issued = row.issued_at if row.issued_at.tzinfo else row.issued_at.replace(tzinfo=UTC)
+                if issued >= since and sorted(studies) == json.loads(row.studies or "[]"):
+                    return True
+        return False
 
     def feedback_for(self, card_uuid: str) -> list[dict]:
         with self.engine.connect() as conn:
