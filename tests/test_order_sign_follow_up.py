@@ -3,9 +3,10 @@
 import copy
 import uuid
 
+from conftest import today
+
 from cds_service.cli import example_request
 from cds_service.example_patients import examples
-from conftest import today
 
 
 def example(prefix):
