@@ -60,12 +60,12 @@ def draft(code=None, text=None, sid="sr1"):
             "subject": {"reference": "Patient/pt"}, "code": concept}
 
 
-def order_select(service, resources, orders, hook="order-select"):
+def order_select(service, resources, orders, hook="order-select", selections=None):
     context = {"userId": "Practitioner/1", "patientId": "pt",
                "draftOrders": {"resourceType": "Bundle", "type": "collection",
                                "entry": [{"resource": o} for o in orders]}}
     if hook == "order-select":
-        context["selections"] = [f"ServiceRequest/{o['id']}" for o in orders]
+        context["selections"] = selections or [f"ServiceRequest/{o['id']}" for o in orders]
     body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context,
             "prefetch": prefetch_for(resources)}
     service_id = "lbp-imaging-order-select" if hook == "order-select" else "lbp-imaging-order-sign"
@@ -173,8 +173,10 @@ def test_lbp_reason_on_the_order_makes_a_patient_applicable(service):
 
 def test_every_lumbar_order_is_rated_but_the_card_speaks_of_the_selection(service):
     orders = [draft("72100", sid="xr"), draft("72158", sid="mri")]
-    context_selection = order_select(service, patient_for("imaging"), orders)
-    assert rating(context_selection, "xr") == "appropriate" and rating(context_selection, "mri") == "appropriate"
+    result = order_select(service, patient_for("imaging"), orders, selections=["ServiceRequest/mri"])
+    assert rating(result, "xr") == "appropriate" and rating(result, "mri") == "appropriate"
+    spoken = [r["order"] for r in result["cards"][0]["extension"]["lbp-redflags"]["ratings"]]
+    assert spoken == ["ServiceRequest/mri"]
 
 
 def test_order_sign_rates_like_order_select(service):
