@@ -38,7 +38,7 @@ class Settings:
     fhir_max_retries: int = 2
     fhir_max_workers: int = 8
     log_level: str = "INFO"
-    source_url: str = "https://github.com/lbp-redflags/lbp-redflags"
+    source_url: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
