@@ -118,10 +118,6 @@ def _flag(flags: dict, flag_id: str, evidence: list[Evidence], note: str = "", s
     flags[flag_id] = RedFlag(flag_id, meta["label"], list(evidence), meta["source"], note, strong)
 
 
-def _lab_above(facts: Facts, analyte: str):
-    return facts.labs.get(analyte)
-
-
 # ---------------------------------------------------------------- the flags
 
 def cancer_flags(facts: Facts, flags: dict) -> tuple[bool, bool]:
@@ -255,58 +251,47 @@ def fever_flag(facts: Facts, flags: dict) -> None:
     _flag(flags, "fever", hot + coded, note=f"≥ {cutoff:g} °C")
 
 
+def _beyond(value: float, name: str) -> bool:
+    item = knowledge()["thresholds"][name]
+    limit, comparison = item["value"], item["comparison"]
+    return {">": value > limit, ">=": value >= limit, "<": value < limit}[comparison]
+
+
+def _describe(what: str, name: str) -> str:
+    item = knowledge()["thresholds"][name]
+    symbol = {">": ">", ">=": "≥", "<": "<"}[item["comparison"]]
+    unit = item.get("unit", "")
+    return f"{what} {symbol} {item['value']:g}{'' if unit == '%' else ' '}{unit}".rstrip()
+
+
+def _graded(flags: dict, flag_id: str, result, weak: str, strong: str | None, what: str) -> None:
+    """Flag a lab beyond its weak threshold; beyond the strong one it counts alone for imaging."""
+    if result is None or not _beyond(result.value, weak):
+        return
+    is_strong = strong is not None and _beyond(result.value, strong)
+    note = _describe(what, strong) + ", strong" if is_strong else _describe(what, weak)
+    _flag(flags, flag_id, [result.evidence], strong=is_strong, note=note)
+
+
 def lab_flags(facts: Facts, flags: dict) -> None:
-    def compare(value: float, limit: float, comparison: str) -> bool:
-        return {">": value > limit, ">=": value >= limit, "<": value < limit}[comparison]
-
-    def rule(name: str):
-        item = knowledge()["thresholds"][name]
-        return item["value"], item["comparison"]
-
-    calcium = facts.labs.get("calcium")
-    if calcium and compare(calcium.value, *rule("calcium_mg_dl")):
-        _flag(flags, "hypercalcemia", [calcium.evidence], note=f"> {rule('calcium_mg_dl')[0]:g} mg/dL")
-    ionized = facts.labs.get("ionized-calcium")
+    labs = facts.labs
+    female_limits = facts.sex != "male"  # unknown sex: the lower (female) threshold
+    _graded(flags, "hypercalcemia", labs.get("calcium"), "calcium_mg_dl", None, "calcium")
+    ionized = labs.get("ionized-calcium")
     if ionized:
-        limit = ionized.reference_high or rule("ionized_calcium_mmol_l")[0]
+        limit = ionized.reference_high or threshold("ionized_calcium_mmol_l")
         if ionized.value > limit:
             _flag(flags, "hypercalcemia", [ionized.evidence], note=f"ionised calcium > {limit:g} mmol/L")
-    _flag(flags, "hypercalcemia", [f.evidence for f in facts.having("hypercalcemia-diagnosis") if f.active])
-
-    female_limits = facts.sex != "male"  # unknown sex: the lower (female) threshold
-    hb = facts.labs.get("hemoglobin")
-    if hb:
-        limit = rule("hemoglobin_female_g_dl" if female_limits else "hemoglobin_male_g_dl")[0]
-        strong = hb.value < threshold("hemoglobin_strong_g_dl")
-        if hb.value < limit:
-            _flag(flags, "anemia", [hb.evidence], strong=strong,
-                  note=f"Hb < {threshold('hemoglobin_strong_g_dl'):g} g/dL, strong" if strong
-                  else f"Hb < {limit:g} g/dL")
-    hct = facts.labs.get("hematocrit")
-    if hct:
-        limit = rule("hematocrit_female_pct" if female_limits else "hematocrit_male_pct")[0]
-        strong = hct.value < threshold("hematocrit_strong_pct")
-        if hct.value < limit:
-            _flag(flags, "anemia", [hct.evidence], strong=strong,
-                  note=f"haematocrit < {threshold('hematocrit_strong_pct'):g} %, strong" if strong
-                  else f"haematocrit < {limit:g} %")
-    _flag(flags, "anemia", [f.evidence for f in facts.having("anemia-diagnosis") if f.active])
-
-    esr = facts.labs.get("esr")
-    if esr and compare(esr.value, *rule("esr_mm_h")):
-        strong = compare(esr.value, *rule("esr_strong_mm_h"))
-        _flag(flags, "elevated-esr", [esr.evidence], strong=strong,
-              note=f"≥ {threshold('esr_strong_mm_h'):g} mm/h, strong" if strong
-              else f"≥ {threshold('esr_mm_h'):g} mm/h")
-    _flag(flags, "elevated-esr", [f.evidence for f in facts.having("elevated-esr-diagnosis") if f.active])
-
-    psa = facts.labs.get("psa")
-    if psa and compare(psa.value, *rule("psa_ng_ml")):
-        strong = compare(psa.value, *rule("psa_strong_ng_ml"))
-        _flag(flags, "elevated-psa", [psa.evidence], strong=strong,
-              note=f"≥ {threshold('psa_strong_ng_ml'):g} ng/mL, strong" if strong
-              else f"> {threshold('psa_ng_ml'):g} ng/mL")
-    _flag(flags, "elevated-psa", [f.evidence for f in facts.having("elevated-psa-diagnosis") if f.active])
+    _graded(flags, "anemia", labs.get("hemoglobin"),
+            "hemoglobin_female_g_dl" if female_limits else "hemoglobin_male_g_dl", "hemoglobin_strong_g_dl", "Hb")
+    _graded(flags, "anemia", labs.get("hematocrit"),
+            "hematocrit_female_pct" if female_limits else "hematocrit_male_pct", "hematocrit_strong_pct",
+            "haematocrit")
+    _graded(flags, "elevated-esr", labs.get("esr"), "esr_mm_h", "esr_strong_mm_h", "ESR")
+    _graded(flags, "elevated-psa", labs.get("psa"), "psa_ng_ml", "psa_strong_ng_ml", "PSA")
+    for flag_id, diagnosis in (("hypercalcemia", "hypercalcemia-diagnosis"), ("anemia", "anemia-diagnosis"),
+                               ("elevated-esr", "elevated-esr-diagnosis"), ("elevated-psa", "elevated-psa-diagnosis")):
+        _flag(flags, flag_id, [f.evidence for f in facts.having(diagnosis) if f.active])
 
     alp = facts.labs.get("alkaline-phosphatase")
     if alp:

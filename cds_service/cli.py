@@ -11,15 +11,10 @@ import textwrap
 import uuid
 from pathlib import Path
 
+from .example_patients import SERVICE_FOR_HOOK as HOOK_SERVICE
 from .settings import SettingsError, load_settings
 
 EXAMPLES_DIR = Path(__file__).parent / "example_patients"
-HOOK_SERVICE = {
-    "patient-view": "lbp-patient-view",
-    "encounter-start": "lbp-encounter-start",
-    "order-select": "lbp-imaging-order-select",
-    "order-sign": "lbp-imaging-order-sign",
-}
 
 
 def is_loopback(host: str) -> bool:
@@ -87,24 +82,13 @@ def _resources(bundle: dict) -> list[dict]:
 
 
 def example_request(example: dict, *, with_prefetch: bool = True) -> tuple[str, dict]:
-    from .prefetch import prefetch_for
+    from .example_patients import hook_request
 
     resources = _resources(example["bundle"])
-    patient = next(r for r in resources if r["resourceType"] == "Patient")
-    hook = example["hook"]
-    context = {"userId": "Practitioner/demo", "patientId": patient["id"]}
-    if example.get("encounterId"):
-        context["encounterId"] = example["encounterId"]
-    if hook in ("order-select", "order-sign"):
-        orders = [r for r in resources if r["resourceType"] == "ServiceRequest" and r.get("status") == "draft"]
-        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
-                                  "entry": [{"resource": r} for r in orders]}
-        if hook == "order-select":
-            context["selections"] = [f"ServiceRequest/{r['id']}" for r in orders]
-    body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
-    if with_prefetch:
-        body["prefetch"] = prefetch_for([r for r in resources if r["resourceType"] != "ServiceRequest"])
-    return HOOK_SERVICE[hook], body
+    drafts = [r for r in resources if r["resourceType"] == "ServiceRequest" and r.get("status") == "draft"]
+    others = [r for r in resources if r["resourceType"] != "ServiceRequest"]
+    return hook_request(example["hook"], others, draft_orders=drafts, encounter_id=example.get("encounterId"),
+                        with_prefetch=with_prefetch)
 
 
 def format_cards(response: dict, width: int = 100) -> str:

@@ -4,19 +4,15 @@ Each case states its expected tier, red flags and order ratings, and the source 
 """
 
 import json
-import uuid
 from pathlib import Path
 
 import pytest
 from conftest import today
 
-from cds_service.example_patients import resolve_dates
-from cds_service.prefetch import prefetch_for
+from cds_service.example_patients import hook_request, resolve_dates
 from cds_service.validation import problems
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.json"))
-SERVICE_FOR_HOOK = {"patient-view": "lbp-patient-view", "encounter-start": "lbp-encounter-start",
-                    "order-select": "lbp-imaging-order-select", "order-sign": "lbp-imaging-order-sign"}
 INDICATOR = {"emergency": "critical", "imaging": "warning", "consider": "info", "none": "info"}
 PAMA_RATING = "http://fhir.org/argonaut/Extension/pama-rating"
 
@@ -26,21 +22,9 @@ def load_case(path: Path) -> dict:
 
 
 def case_request(case: dict) -> tuple[str, dict]:
-    resources = case["resources"]
-    patient = next(r for r in resources if r["resourceType"] == "Patient")
-    hook = case["hook"]
-    context = {"userId": "Practitioner/test", "patientId": patient["id"]}
-    if case.get("encounterId"):
-        context["encounterId"] = case["encounterId"]
-    if hook in ("order-select", "order-sign"):
-        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
-                                  "entry": [{"resource": r} for r in case.get("draftOrders", [])]}
-        if hook == "order-select":
-            context["selections"] = case.get("selections") or [
-                f"ServiceRequest/{r['id']}" for r in case.get("draftOrders", [])]
-    body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context,
-            "prefetch": prefetch_for(resources)}
-    return SERVICE_FOR_HOOK[hook], body
+    return hook_request(case["hook"], case["resources"], draft_orders=case.get("draftOrders", []),
+                        selections=case.get("selections"), encounter_id=case.get("encounterId"),
+                        user_id="Practitioner/test")
 
 
 def ratings_of(response: dict) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import json
 import re
+import uuid
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -60,3 +61,32 @@ def examples(today: date) -> list[dict]:
 
 def load_file(path: Path, today: date) -> dict:
     return resolve_dates(json.loads(Path(path).read_text(encoding="utf-8")), today)
+
+
+SERVICE_FOR_HOOK = {
+    "patient-view": "lbp-patient-view",
+    "encounter-start": "lbp-encounter-start",
+    "order-select": "lbp-imaging-order-select",
+    "order-sign": "lbp-imaging-order-sign",
+}
+
+
+def hook_request(hook: str, resources: list[dict], *, draft_orders: list[dict] = (),
+                 selections: list[str] | None = None, encounter_id: str | None = None,
+                 with_prefetch: bool = True, user_id: str = "Practitioner/demo") -> tuple[str, dict]:
+    """(service id, request body) for a hook call about these resources, as an EHR would send it."""
+    from ..prefetch import prefetch_for
+
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    context = {"userId": user_id, "patientId": patient["id"]}
+    if encounter_id:
+        context["encounterId"] = encounter_id
+    if hook in ("order-select", "order-sign"):
+        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
+                                  "entry": [{"resource": r} for r in draft_orders]}
+        if hook == "order-select":
+            context["selections"] = selections or [f"ServiceRequest/{r['id']}" for r in draft_orders]
+    body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
+    if with_prefetch:
+        body["prefetch"] = prefetch_for(resources)
+    return SERVICE_FOR_HOOK[hook], body
