@@ -129,7 +129,8 @@ def cancer_flags(facts: Facts, flags: dict) -> tuple[bool, bool]:
     remote_years = threshold("cancer_remote_years")
     qualifying, remote = [], []
     for cancer in cancers:
-        dates = [d for d in (cancer.last_activity, latest_treatment) if d]
+        # The age of a cancer: latest of abatement, treatment and onset; recordedDate only without them.
+        dates = [d for d in (cancer.last_activity, latest_treatment) if d] or [d for d in (cancer.recorded,) if d]
         years = _years_since(max(dates), facts.today) if dates else None
         if cancer.active or cancer.remission or cancer.suspected or years is None or years < remote_years:
             qualifying.append(cancer)
@@ -165,7 +166,7 @@ def weight_loss_flag(facts: Facts, flags: dict) -> None:
 
 
 def _recent_year(finding: Finding, facts: Facts, years: int = 1) -> bool:
-    day = finding.last_activity or finding.onset
+    day = finding.last_activity or finding.onset or finding.recorded
     return day is None or finding.active or (facts.today - day).days <= 366 * years
 
 

@@ -70,7 +70,8 @@ class Finding:
     active: bool = True  # False: history (resolved, remission, inactive)
     suspected: bool = False
     onset: date | None = None
-    last_activity: date | None = None  # latest of abatement and onset (recordedDate when neither)
+    last_activity: date | None = None  # latest of abatement and onset
+    recorded: date | None = None  # recordedDate: the date of last resort
     text: str = ""  # every text on the source record, for modifiers such as "bilateral"
     remission: bool = False
 
@@ -201,7 +202,7 @@ def _condition_findings(condition: dict) -> list[Finding]:
         else None)
     recorded = parse_date(condition.get("recordedDate"))
     dated = [d for d in (abatement, parse_date(condition.get("onsetDateTime"), end=True), onset) if d]
-    last_activity = max(dated) if dated else recorded
+    last_activity = max(dated) if dated else None
     code = condition.get("code")
     notes = _notes(condition)
     text = _texts(condition, code)
@@ -226,6 +227,7 @@ def _condition_findings(condition: dict) -> list[Finding]:
             suspected=verification in SUSPECTED_VERIFICATION,
             onset=onset or (recorded if name in SYMPTOM_CONCEPTS or name == "low-back-pain" else None),
             last_activity=last_activity,
+            recorded=recorded,
             text=text,
             remission=clinical == "remission",
         ))

@@ -94,3 +94,18 @@ def test_partial_dates_parse_to_the_start_or_end_of_the_period():
 def test_missing_data_is_carried_into_the_assessment():
     record = PatientRecord.from_resources([patient(), LBP], unavailable=["labs: HTTP 401"])
     assert assess(extract(record, TODAY)).unavailable == ["labs: HTTP 401"]
+
+
+def test_cancer_age_comes_from_treatment_dates_before_the_recorded_date():
+    history = {"resourceType": "Condition", "id": "hx", "recordedDate": days_ago(200),
+               "code": {"coding": [{"system": ICD, "code": "Z85.3", "display": "Personal history of breast cancer"}]}}
+    chemo = {"resourceType": "Procedure", "id": "chemo", "status": "completed", "code": {"text": "Chemotherapy"},
+             "performedDateTime": days_ago(25 * 365)}
+    result = run(LBP, history, chemo)
+    assert result.tier == "consider" and "cancer-history" in result.flag_ids
+
+
+def test_recorded_date_dates_a_cancer_history_with_nothing_else():
+    history = {"resourceType": "Condition", "id": "hx", "recordedDate": days_ago(200),
+               "code": {"coding": [{"system": ICD, "code": "Z85.3", "display": "Personal history of breast cancer"}]}}
+    assert run(LBP, history).tier == "imaging"
