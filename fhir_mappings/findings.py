@@ -213,6 +213,9 @@ def _condition_findings(condition: dict) -> list[Finding]:
         found = _match(name, code, notes if name in SYMPTOM_CONCEPTS else "")
         if found is not None:
             matched[name] = found
+    history = matched.get("cancer-personal-history")
+    if history is not None and history.how == "code":
+        matched.pop("malignancy", None)  # "Personal history of malignant neoplasm" is history, not active
     if "malignancy" in matched or "cancer-personal-history" in matched:
         if _match("non-melanoma-skin-cancer", code) is not None:
             matched.pop("malignancy", None)

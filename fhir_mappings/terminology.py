@@ -138,6 +138,7 @@ class ValueSet:
                 found = self.include[system].find(code)
                 if found is not None:
                     return Match("code", system, code, display or found or self.title)
+                continue  # a code's display says no more than the code, which did not match
             if display:
                 texts.append(display)
         if isinstance(concept.get("text"), str):
