@@ -24,7 +24,8 @@ def respond(hook: str, service_id: str, record: PatientRecord, *, today: date, h
     at order-select; order-sign then shows the rating only — never for an emergency.
     """
     patient = record.patient or {}
-    ctx = CardContext(hook, service_id, hook_instance, patient.get("id"), record.encounter_id, source_url)
+    patient_id = record.patient_id or (patient.get("id") if isinstance(patient.get("id"), str) else None)
+    ctx = CardContext(hook, service_id, hook_instance, patient_id, record.encounter_id, source_url)
     facts = extract(record, today)
     orders = lumbar_imaging_orders(record.draft_orders) if hook in ORDER_HOOKS else []
     if hook in ORDER_HOOKS and not orders:

@@ -7,6 +7,7 @@ the same cards with the same uuids on any worker, without shared state.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from functools import cache
@@ -22,6 +23,7 @@ from .suggestions import (
     service_request,
 )
 
+FHIR_REFERENCE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 UUID_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-4e55-9a0c-5d2f0b7c9e41")
 INDICATORS = {"emergency": "critical", "imaging": "warning", "consider": "info", "none": "info"}
 
@@ -57,7 +59,7 @@ def _evidence_line(flag: RedFlag) -> str:
             bits.append(ev.date.isoformat())
         if ev.status:
             bits.append(ev.status)
-        items.append(f"{', '.join(bits)} [{ev.reference}]")
+        items.append(f"{', '.join(str(b) for b in bits)} [{ev.reference}]")
     note = f" ({flag.note})" if flag.note else ""
     return f"- **{flag.label}**{note}: " + "; ".join(items) + f"  \n  _Source: {flag.source}_"
 
@@ -115,7 +117,7 @@ def _reasons(assessment: Assessment) -> list[str]:
     for flag in assessment.red_flags:
         for ev in flag.evidence:
             for ref in ev.reference.split(", "):
-                if ref.split("/")[0] in REASON_TYPES and ref not in refs:
+                if FHIR_REFERENCE.match(ref) and ref.split("/")[0] in REASON_TYPES and ref not in refs:
                     refs.append(ref)
     return refs[:10]
 

@@ -25,7 +25,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from pydantic import ValidationError
 
 from cards.orders import (
     ImagingOrder,
@@ -81,6 +83,17 @@ def _codings(entry: dict[str, Any]) -> list[dict[str, str]]:
     return codings
 
 
+def _valid_concept(concept: Any) -> bool:
+    """Reason codes copied from a draft are kept only when they are valid FHIR (EHR data can be messy)."""
+    if not isinstance(concept, dict) or not concept:
+        return False
+    try:
+        CodeableConcept.model_validate(concept)
+    except (ValidationError, ValueError, TypeError):
+        return False
+    return True
+
+
 def _validated(data: dict[str, Any]) -> dict[str, Any]:
     model = ServiceRequest.model_validate(data)
     return model.model_dump(mode="json", exclude_none=True)
@@ -124,7 +137,7 @@ def service_request(
     )
     if encounter_id:
         data["encounter"] = {"reference": _reference("Encounter", encounter_id)}
-    codes = [copy.deepcopy(c) for c in reason_codes if isinstance(c, dict) and c]
+    codes = [copy.deepcopy(c) for c in reason_codes if _valid_concept(c)]
     if codes:
         data["reasonCode"] = codes
     refs: list[str] = []

@@ -427,9 +427,11 @@ class FhirClient:
                 if result.pages:
                     failure.reason = f"page {result.pages + 1}: {failure.reason}"
                 raise
-            if page.get("resourceType") != "Bundle" or not isinstance(page.get("entry", []), list):
+            if page.get("resourceType") != "Bundle":
                 raise _Failure(f"malformed response (expected a Bundle, got {_safe_type(page)})",
                                result.status)
+            if not isinstance(page.get("entry", []), list):
+                raise _Failure("malformed response (Bundle.entry is not a list)", result.status)
             result.pages += 1
             if merged is None:
                 merged = {k: v for k, v in page.items() if k not in ("entry", "link")}

@@ -84,6 +84,7 @@ def call_service(service_id: str):
         draft_orders=context.get("draftOrders"),
         selections=tuple(context.get("selections") or ()),
         encounter_id=context.get("encounterId"),
+        patient_id=context["patientId"],
         unavailable=gathered.unavailable,
     )
     today = datetime.now(UTC).date()

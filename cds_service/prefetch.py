@@ -23,17 +23,22 @@ class Gathered:
 
 def _operation_outcome_text(outcome: dict) -> str:
     texts = []
-    for issue in outcome.get("issue") or []:
+    for issue in _list(outcome.get("issue")):
         if isinstance(issue, dict):
-            text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code")
+            details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
+            text = issue.get("diagnostics") or details.get("text") or issue.get("code")
             if isinstance(text, str):
                 texts.append(text[:200])
     return "; ".join(texts) or "OperationOutcome without details"
 
 
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
 def _entries(bundle: dict) -> list[dict]:
     out = []
-    for entry in bundle.get("entry") or []:
+    for entry in _list(bundle.get("entry")):
         if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
             resource = entry["resource"]
             mode = (entry.get("search") or {}).get("mode") if isinstance(entry.get("search"), dict) else None
@@ -44,7 +49,7 @@ def _entries(bundle: dict) -> list[dict]:
 
 
 def _next_link(bundle: dict) -> str | None:
-    for link in bundle.get("link") or []:
+    for link in _list(bundle.get("link")):
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None
@@ -70,6 +75,8 @@ def _read_slot(key: str, value, expected_type: str, present: bool) -> _Slot:
     if rtype == "OperationOutcome":
         return _Slot(key, "error", error=_operation_outcome_text(value))
     if rtype == "Bundle":
+        if "entry" in value and not isinstance(value["entry"], list):
+            return _Slot(key, "error", error="malformed Bundle: entry is not a list")
         resources = _entries(value)
         next_url = _next_link(value)
         return _Slot(key, "paged" if next_url else "ok", resources, next_url=next_url)

@@ -144,6 +144,10 @@ def _status_code(concept) -> str | None:
     return None
 
 
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _ref(resource: dict) -> str:
     return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '?')}"
 
@@ -154,18 +158,17 @@ def _texts(resource: dict, *concepts) -> str:
         if isinstance(concept, dict):
             if isinstance(concept.get("text"), str):
                 parts.append(concept["text"])
-            for coding in concept.get("coding") or []:
+            codings = concept.get("coding") if isinstance(concept.get("coding"), list) else []
+            for coding in codings:
                 if isinstance(coding, dict) and isinstance(coding.get("display"), str):
                     parts.append(coding["display"])
-    for note in resource.get("note") or []:
-        if isinstance(note, dict) and isinstance(note.get("text"), str):
-            parts.append(note["text"])
-    return " | ".join(parts)
+    notes = _notes(resource)
+    return " | ".join(parts + ([notes] if notes else []))
 
 
 def _notes(resource: dict) -> str:
-    return " ".join(n["text"] for n in resource.get("note") or [] if isinstance(n, dict)
-                    and isinstance(n.get("text"), str))
+    notes = resource.get("note") if isinstance(resource.get("note"), list) else []
+    return " ".join(n["text"] for n in notes if isinstance(n, dict) and isinstance(n.get("text"), str))
 
 
 def _match(name: str, concept, extra_text: str = ""):
@@ -335,37 +338,42 @@ def _exam_findings(observation: dict) -> list[Finding]:
     return out
 
 
+def _read_observation(obs: dict, facts: Facts, by_analyte: dict, smoking: list) -> list:
+    status = obs.get("status")
+    if status not in USABLE_OBSERVATION:
+        return []
+    code = obs.get("code")
+    analyte_found = False
+    for analyte, spec in _analytes().items():
+        found = value_set(spec["value_set"]).match(code)
+        if found is not None and found.how == "code":
+            result = _lab_result(obs, analyte, spec)
+            if result is not None:
+                by_analyte.setdefault(analyte, []).append(result)
+            analyte_found = True
+            break
+    if analyte_found:
+        return []
+    if value_set("smoking-status").match(code) is not None and status in FINAL_OBSERVATION:
+        answer = obs.get("valueCodeableConcept")
+        when = _effective(obs)
+        current = value_set("smoking-current").match(answer) if isinstance(answer, dict) else None
+        not_current = (value_set("smoking-former-or-never").match(answer)
+                       if isinstance(answer, dict) else None)
+        if current or not_current:
+            finding = Finding("smoking-status", Evidence(_ref(obs), coding_label(answer), when), onset=when)
+            smoking.append((when, finding, bool(current) and not not_current))
+        return []
+    if status in FINAL_OBSERVATION or status == "preliminary":
+        facts.findings.extend(_exam_findings(obs))
+    return []
+
+
 def _observations(observations: Iterable[dict], facts: Facts) -> None:
     by_analyte: dict[str, list[LabResult]] = {}
     smoking: list[tuple[date | None, Finding, bool]] = []
     for obs in observations:
-        status = obs.get("status")
-        if status not in USABLE_OBSERVATION:
-            continue
-        code = obs.get("code")
-        analyte_found = False
-        for analyte, spec in _analytes().items():
-            if value_set(spec["value_set"]).match(code) is not None and value_set(spec["value_set"]).match(
-                    code).how == "code":
-                result = _lab_result(obs, analyte, spec)
-                if result is not None:
-                    by_analyte.setdefault(analyte, []).append(result)
-                analyte_found = True
-                break
-        if analyte_found:
-            continue
-        if value_set("smoking-status").match(code) is not None and status in FINAL_OBSERVATION:
-            answer = obs.get("valueCodeableConcept")
-            when = _effective(obs)
-            current = value_set("smoking-current").match(answer) if isinstance(answer, dict) else None
-            not_current = (value_set("smoking-former-or-never").match(answer)
-                           if isinstance(answer, dict) else None)
-            if current or not_current:
-                finding = Finding("smoking-status", Evidence(_ref(obs), coding_label(answer), when), onset=when)
-                smoking.append((when, finding, bool(current) and not not_current))
-            continue
-        if status in FINAL_OBSERVATION or status == "preliminary":
-            facts.findings.extend(_exam_findings(obs))
+        _safely(facts, obs, lambda o: _read_observation(o, facts, by_analyte, smoking))
     for analyte, results in by_analyte.items():
         finals = [r for r in results if not r.preliminary]
         usable = finals or results
@@ -400,7 +408,7 @@ def _medication_findings(request: dict) -> list[Finding]:
         found = value_set(name).match(concept)
         if found is not None:
             out.append(Finding(name, Evidence(_ref(request), _label(concept, found), when, None, found.how,
-                                              request.get("status")),
+                                              _text_or_none(request.get("status"))),
                                active=active, onset=when,
                                last_activity=max([d for d in (when, end) if d], default=None),
                                text=_texts(request, concept)))
@@ -420,7 +428,7 @@ def _procedure_findings(procedure: dict) -> list[Finding]:
         found = _match(name, code)
         if found is not None:
             out.append(Finding(name, Evidence(_ref(procedure), _label(code, found), start, None, found.how,
-                                              procedure.get("status")),
+                                              _text_or_none(procedure.get("status"))),
                                active=procedure.get("status") == "in-progress", onset=start, last_activity=end,
                                text=_texts(procedure, code)))
     return out
@@ -465,8 +473,7 @@ def extract(record: PatientRecord, today: date) -> Facts:
                     lbp_condition_ids.add(str(condition.get("id")))
             else:
                 facts.findings.append(finding)
-    observations = [o for o in record.of_type("Observation") if _safely(facts, o, _well_formed_observation)]
-    _observations(observations, facts)
+    _observations(record.of_type("Observation"), facts)
     for request in record.of_type("MedicationRequest"):
         facts.findings.extend(_safely(facts, request, _medication_findings))
     for procedure in record.of_type("Procedure"):
@@ -492,19 +499,3 @@ def _safely(facts: Facts, resource: dict, read) -> list:
     except (TypeError, ValueError, AttributeError, KeyError, IndexError):
         facts.unavailable.append(f"{_ref(resource)}: malformed, not read")
         return []
-
-
-def _well_formed_observation(observation: dict) -> list:
-    """Probe the parts the lab reader touches, so a malformed Observation is skipped whole."""
-    for name in ("code", "valueCodeableConcept"):
-        concept = observation.get(name)
-        if concept is not None:
-            value_set("esr").match(concept)
-    quantity = observation.get("valueQuantity")
-    if quantity is not None and not isinstance(quantity, dict):
-        raise TypeError("valueQuantity")
-    for rng in observation.get("referenceRange") or []:
-        if not isinstance(rng, dict):
-            raise TypeError("referenceRange")
-    _effective(observation)
-    return [observation]

@@ -28,6 +28,7 @@ class PatientRecord:
     draft_orders: dict | None = None  # the draftOrders Bundle of an order hook
     selections: tuple[str, ...] = ()
     encounter_id: str | None = None
+    patient_id: str | None = None  # context.patientId: the patient the EHR asked about
     unavailable: list[str] = field(default_factory=list)  # human-readable: what data is missing and why
 
     def of_type(self, resource_type: str) -> list[dict]:
