@@ -22,7 +22,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lbp_redflags.orders")
 
 KNOWLEDGE_DIR = Path(__file__).resolve().parent / "knowledge"
 

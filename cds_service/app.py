@@ -13,6 +13,21 @@ from .settings import Settings, load_settings
 from .store import Store
 
 
+def configure_logging(level: str) -> None:
+    """One stderr handler for the service's own loggers (gunicorn adds none for them).
+
+    Log records carry service ids, hookInstance, resource types, statuses and timings only:
+    never tokens, query strings or patient identifiers.
+    """
+    logger = logging.getLogger("lbp_redflags")
+    logger.setLevel(level.upper())
+    if not any(getattr(h, "_lbp", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler._lbp = True
+        logger.addHandler(handler)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
@@ -22,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False
-    logging.getLogger("lbp_redflags").setLevel(settings.log_level.upper())
+    configure_logging(settings.log_level)
 
     # Browser clients (the CDS Hooks sandbox) preflight every call; the preflight needs no JWT.
     CORS(

@@ -51,7 +51,7 @@ from requests.adapters import HTTPAdapter
 
 from cds_service.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lbp_redflags.fhir_client")
 
 FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES = frozenset({429, 503})

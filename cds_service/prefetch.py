@@ -36,16 +36,19 @@ def _list(value) -> list:
     return value if isinstance(value, list) else []
 
 
-def _entries(bundle: dict) -> list[dict]:
-    out = []
+def _entries(bundle: dict) -> tuple[list[dict], int]:
+    """The resources of a searchset Bundle, and how many entries were unreadable (not resources)."""
+    out, unreadable = [], 0
     for entry in _list(bundle.get("entry")):
-        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
-            resource = entry["resource"]
-            mode = (entry.get("search") or {}).get("mode") if isinstance(entry.get("search"), dict) else None
-            if mode == "outcome" or resource.get("resourceType") == "OperationOutcome":
-                continue
-            out.append(resource)
-    return out
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            unreadable += 1
+            continue
+        mode = entry["search"].get("mode") if isinstance(entry.get("search"), dict) else None
+        if mode == "outcome" or resource["resourceType"] == "OperationOutcome":
+            continue
+        out.append(resource)
+    return out, unreadable
 
 
 def _next_link(bundle: dict) -> str | None:
@@ -62,6 +65,7 @@ class _Slot:
     resources: list[dict] = field(default_factory=list)
     error: str | None = None
     next_url: str | None = None
+    unreadable: int = 0
 
 
 def _read_slot(key: str, value, expected_type: str, present: bool) -> _Slot:
@@ -77,9 +81,9 @@ def _read_slot(key: str, value, expected_type: str, present: bool) -> _Slot:
     if rtype == "Bundle":
         if "entry" in value and not isinstance(value["entry"], list):
             return _Slot(key, "error", error="malformed Bundle: entry is not a list")
-        resources = _entries(value)
+        resources, unreadable = _entries(value)
         next_url = _next_link(value)
-        return _Slot(key, "paged" if next_url else "ok", resources, next_url=next_url)
+        return _Slot(key, "paged" if next_url else "ok", resources, next_url=next_url, unreadable=unreadable)
     if rtype != expected_type:
         return _Slot(key, "error", error=f"expected {expected_type}, got {rtype}")
     return _Slot(key, "ok", [value])
@@ -120,6 +124,8 @@ def gather(body: dict, fetcher=None) -> Gathered:
         if slot.status in ("ok", "paged"):
             gathered.resources.extend(slot.resources)
             gathered.sources[key] = "prefetch"
+            if slot.unreadable:
+                failures[key] = f"{slot.unreadable} unreadable entr{'y' if slot.unreadable == 1 else 'ies'} skipped"
         if slot.status == "null":
             gathered.sources[key] = "null"
         if slot.status == "paged":
@@ -144,7 +150,10 @@ def gather(body: dict, fetcher=None) -> Gathered:
                 continue
             resource = result.resource or {}
             if resource.get("resourceType") == "Bundle":
-                gathered.resources.extend(_entries(resource))
+                entries, unreadable = _entries(resource)
+                gathered.resources.extend(entries)
+                if unreadable:
+                    failures[key] = f"{unreadable} unreadable entr{'y' if unreadable == 1 else 'ies'} skipped"
                 if getattr(result, "truncated", False):
                     failures[key] = "only part of the results could be fetched (page limit)"
             else:
@@ -154,7 +163,7 @@ def gather(body: dict, fetcher=None) -> Gathered:
         for key in to_fetch:
             failures.setdefault(key, "fetching from the FHIR server is not available")
 
-    required_missing = [k for k in REQUIRED_KEYS if k in failures and gathered.sources.get(k) != "prefetch"]
+    required_missing = [k for k in REQUIRED_KEYS if k in failures and k not in gathered.sources]
     if required_missing:
         raise ServiceError(
             412,
