@@ -547,8 +547,11 @@ def rating_extensions(rating: Rating, consult_id: str | uuid.UUID) -> list[dict[
                 "display": table["acrCategories"][rating.acr_category]["display"],
             }
         )
+    acr = table["acrCategories"][rating.acr_category]["display"].lower() if rating.acr_category else "not rated"
+    text = (f"{rating.pama_code}: ACR Appropriateness Criteria Low Back Pain (2021) variant {rating.acr_variant}, "
+            f"{acr}")
     return [
-        {"url": urls["rating"], "valueCodeableConcept": {"coding": codings}},
+        {"url": urls["rating"], "valueCodeableConcept": {"coding": codings, "text": text}},
         {"url": urls["qcdsmConsulted"], "valueString": table["qcdsmConsulted"]},
         {"url": urls["consultId"], "valueUri": _consult_uri(consult_id)},
     ]

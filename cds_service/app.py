@@ -28,6 +28,18 @@ def configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
+def warm_up() -> None:
+    """Load value sets, knowledge and the UCUM registry at start-up, not on a clinician's first call."""
+    from cards.assess import knowledge
+    from fhir_mappings.terminology import all_value_sets, value_set
+    from fhir_mappings.units import convert
+
+    for name in all_value_sets():
+        value_set(name)
+    knowledge()
+    convert(1.0, "g/dL", "g/L")
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
@@ -47,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         methods=["GET", "POST", "OPTIONS"],
         max_age=600,
     )
+    warm_up()
     app.extensions["lbp_fhir_client"] = FhirClient(settings)
     app.extensions["lbp_store"] = Store(settings.database_url)
 
