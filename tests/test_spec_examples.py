@@ -106,3 +106,22 @@ def test_retried_hook_instance_gets_the_same_card_uuids(client):
     again = client.post(capture["path"], json=capture["body"]).get_json()
     assert first == again
     assert first["cards"][0]["uuid"]
+
+
+def test_readme_example_request_gets_the_documented_answer(client):
+    import json
+    from pathlib import Path
+
+    examples = Path(__file__).parent.parent / "examples"
+    request = json.loads((examples / "request-patient-view.json").read_text())
+    documented = json.loads((examples / "response-patient-view.json").read_text())
+    answer = assert_valid_response(client.post("/cds-services/lbp-patient-view", json=request))
+    assert [c["summary"] for c in answer["cards"]] == [c["summary"] for c in documented["cards"]]
+    assert answer["cards"][0]["extension"]["lbp-redflags"]["tier"] == "emergency"
+
+
+def test_spec_delete_action_example_is_a_valid_action():
+    action = fixture_json("cds-hooks-spec/hl7-cds-hooks-2.0.1/examples/action-delete.json")
+    card = {"summary": "x", "indicator": "info", "source": {"label": "x"}, "selectionBehavior": "any",
+            "suggestions": [{"label": "remove", "actions": [action]}]}
+    assert problems("response", {"cards": [card]}) == []
