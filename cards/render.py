@@ -234,7 +234,7 @@ def _summary(assessment: Assessment, order_hook: bool) -> str:
             f.strong for f in assessment.red_flags):
         text = spec["summary_infection"]
     elif assessment.tier == "none" and order_hook:
-        text = spec["summary_order"]
+        text = spec["summary_order_incomplete" if assessment.unavailable else "summary_order"]
     elif assessment.tier == "none" and assessment.unavailable:
         text = spec["summary_incomplete"]
     else:

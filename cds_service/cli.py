@@ -120,7 +120,7 @@ def format_cards(response: dict, width: int = 100) -> str:
 def cmd_demo(args) -> int:
     from .app import create_app
 
-    settings = load_settings(args.config, database_url="sqlite://")
+    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING")
     client = create_app(settings).test_client()
     from .example_patients import examples
 
@@ -172,7 +172,7 @@ def cmd_load_fhir(args) -> int:
 def cmd_check(args) -> int:
     from .app import create_app
 
-    settings = load_settings(args.config, database_url="sqlite://")
+    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING")
     client = create_app(settings).test_client()
     hook = args.hook
     context = {"userId": "Practitioner/check", "patientId": args.patient}
