@@ -87,6 +87,9 @@ def call_service(service_id: str):
         patient_id=context["patientId"],
         unavailable=gathered.unavailable,
     )
+    if record.patient is None:
+        raise ServiceError(412, "required data is unavailable: the Patient in prefetch is not the patient in context",
+                           [{"field": "prefetch.patient", "reason": "Patient.id does not match context.patientId"}])
     today = datetime.now(UTC).date()
     store = current_app.extensions["lbp_store"]
     patient_id = context["patientId"]

@@ -36,18 +36,30 @@ class PatientRecord:
 
     @classmethod
     def from_resources(cls, resources: list[dict], **kwargs) -> PatientRecord:
-        """Group resources by type, dropping duplicates by (type, id) so prefetch and fetch can overlap."""
+        """Group resources by type, dropping duplicates by (type, id) so prefetch and fetch can overlap.
+
+        With ``patient_id`` (the context's), a resource whose subject is another patient is left out
+        and counted in ``unavailable``: wrong-patient data must never reach a card.
+        """
+        patient_id = kwargs.get("patient_id")
         patient = None
         grouped: dict[str, list[dict]] = {}
         seen: set[tuple[str, str]] = set()
+        foreign = 0
         for resource in resources:
             if not isinstance(resource, dict):
                 continue
             rtype = resource.get("resourceType")
             if rtype == "Patient":
-                patient = patient or resource
+                if patient_id is None or resource.get("id") == patient_id:
+                    patient = patient or resource
+                else:
+                    foreign += 1
                 continue
             if rtype not in RESOURCE_TYPES:
+                continue
+            if patient_id is not None and _subject_id(resource) not in (None, patient_id):
+                foreign += 1
                 continue
             rid = resource.get("id")
             if isinstance(rid, str):
@@ -55,4 +67,17 @@ class PatientRecord:
                     continue
                 seen.add((rtype, rid))
             grouped.setdefault(rtype, []).append(resource)
-        return cls(patient=patient, resources=grouped, **kwargs)
+        record = cls(patient=patient, resources=grouped, **kwargs)
+        if foreign:
+            record.unavailable = [*record.unavailable,
+                                  f"{foreign} resource(s) about another patient were ignored"]
+        return record
+
+
+def _subject_id(resource: dict) -> str | None:
+    """The Patient id a resource is about, from subject (or patient), or None when it does not say."""
+    ref = resource.get("subject") or resource.get("patient")
+    ref = ref.get("reference") if isinstance(ref, dict) else None
+    if not isinstance(ref, str) or "Patient/" not in ref:
+        return None
+    return ref.rsplit("Patient/", 1)[1].split("/", 1)[0] or None

@@ -163,3 +163,23 @@ def test_garbage_inside_bundles_never_causes_a_500(client):
                     "valueQuantity": {"value": "high", "unit": 3}}}]}}
     response = client.post(PV, json=valid_body(prefetch=prefetch))
     assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def test_prefetch_patient_that_is_not_the_context_patient_is_412(client):
+    body = valid_body(prefetch={"patient": {"resourceType": "Patient", "id": "someone-else"}, "conditions": None})
+    error = error_of(client.post(PV, json=body), 412)
+    assert "prefetch.patient" in fields(error)
+
+
+def test_resources_about_another_patient_are_ignored_and_reported(client):
+    lbp = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+           "code": {"coding": [{"system": "http://snomed.info/sct", "code": "279039007"}]}}
+    other = {"resourceType": "Condition", "id": "c2", "subject": {"reference": "Patient/p2"},
+             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G83.4"}]}}
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": lbp}, {"resource": other}]}
+    prefetch = {"patient": {"resourceType": "Patient", "id": "p1"}, "conditions": bundle, "observations": None,
+                "examObservations": None, "encounters": None, "procedures": None, "medications": None}
+    card = client.post(PV, json=valid_body(prefetch=prefetch)).get_json()["cards"][0]
+    ext = card["extension"]["lbp-redflags"]
+    assert ext["tier"] == "none" and ext["dataComplete"] is False
+    assert "another patient" in " ".join(ext["unavailable"])
