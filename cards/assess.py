@@ -11,7 +11,7 @@ Tiers, highest first:
 - imaging    LBP + a major cancer flag: qualifying cancer history, metastatic disease, myeloma,
              ESR ≥ 50, Hb < 10 g/dL or haematocrit < 30 %, PSA ≥ 20, two or more of {age ≥ 50,
              unexplained weight loss, failure to improve, qualifying cancer}, fever with injection
-             drug use or immunosuppression, or a (non-severe) objective neurological deficit.
+             drug use or immunosuppression.
 - consider   LBP with weaker flags only.
 - none       LBP and no flag.
 """
@@ -363,8 +363,6 @@ def assess(facts: Facts) -> Assessment:
                        f"({', '.join(weak)})")
     if "fever" in flags and ("injection-drug-use" in flags or "immunosuppression" in flags):
         imaging.append("fever with injection drug use or immunosuppression: possible spinal infection")
-    if "neuro-deficit" in flags and not emergency:
-        imaging.append("objective neurological deficit")
 
     if emergency:
         result.tier, result.reasons = "emergency", emergency

@@ -12,9 +12,10 @@ This module knows FHIR shapes, statuses, dates, codes and units; it makes no cli
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
 
@@ -46,9 +47,13 @@ ACTIVE_CLINICAL = {"active", "recurrence", "relapse"}
 FINAL_OBSERVATION = {"final", "amended", "corrected"}
 USABLE_OBSERVATION = FINAL_OBSERVATION | {"preliminary"}
 IGNORED_REQUEST = {"entered-in-error", "cancelled", "revoked", "draft"}
+LONG_TERM_DAYS = 28  # systemic steroids for 4 weeks or more count as immunosuppression
 IGNORED_PROCEDURE = {"entered-in-error", "not-done", "preparation"}
 IGNORED_ENCOUNTER = {"entered-in-error", "cancelled"}
-NEGATIVE_ANSWERS = {"260385009", "272519000", "373067005", "2667000", "N", "NEG", "no", "false", "absent"}
+# Answers that say a finding is absent: SNOMED CT Negative, Absent, No; LOINC answer LA32-8 "No".
+NEGATIVE_ANSWERS = {"260385009", "272519000", "373067005", "2667000", "LA32-8", "N", "NEG", "no", "false", "absent"}
+NEGATIVE_WORDS = {"no", "none", "absent", "negative", "not present", "denied", "denies", "nil", "false", "normal",
+                  "not seen", "not found"}
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class LabResult:
     reference_high: float | None = None
     reference_low: float | None = None
     preliminary: bool = False
+    moment: tuple = ()  # (effective instant, issued instant, status rank): orders results of one day
 
 
 @dataclass
@@ -213,7 +219,8 @@ def _condition_findings(condition: dict) -> list[Finding]:
 
     matched: dict[str, object] = {}
     for name in CONDITION_CONCEPTS:
-        found = _match(name, code, notes if name in SYMPTOM_CONCEPTS else "")
+        # Notes are read for every concept but low back pain itself (applicability stays coded or titled).
+        found = _match(name, code, notes if name != "low-back-pain" else "")
         if found is not None:
             matched[name] = found
     history = matched.get("cancer-personal-history")
@@ -223,15 +230,27 @@ def _condition_findings(condition: dict) -> list[Finding]:
         if _match("non-melanoma-skin-cancer", code) is not None:
             matched.pop("malignancy", None)
             matched.pop("cancer-personal-history", None)
+    # A recurrence keeps the first episode's onset in many EHRs: the current episode then starts at
+    # the recurrence's recordedDate, or is unknown.
+    episode_onset = onset
+    if clinical in ("recurrence", "relapse"):
+        episode_onset = recorded if recorded and (onset is None or recorded > onset) else None
     out = []
     for name, found in matched.items():
         is_history = name == "cancer-personal-history"
+        if name == "low-back-pain":
+            out.append(Finding(name, Evidence(_ref(condition), _label(code, found), episode_onset or recorded, None,
+                                              found.how, status),
+                               active=active, suspected=verification in SUSPECTED_VERIFICATION,
+                               onset=episode_onset if clinical in ("recurrence", "relapse") else (onset or recorded),
+                               last_activity=last_activity, recorded=recorded, text=text))
+            continue
         out.append(Finding(
             concept=name,
             evidence=Evidence(_ref(condition), _label(code, found), onset or recorded, None, found.how, status),
             active=active and not is_history,
             suspected=verification in SUSPECTED_VERIFICATION,
-            onset=onset or (recorded if name in SYMPTOM_CONCEPTS or name == "low-back-pain" else None),
+            onset=onset or (recorded if name in SYMPTOM_CONCEPTS else None),
             last_activity=last_activity,
             recorded=recorded,
             text=text,
@@ -263,14 +282,61 @@ def _format_value(value: float, unit: str) -> str:
 
 def _original_value(observation: dict) -> str | None:
     q = observation.get("valueQuantity")
+    if q is None and isinstance(observation.get("valueString"), str):
+        return f"\"{observation['valueString'].strip()}\""
     if not isinstance(q, dict) or not isinstance(q.get("value"), int | float):
         return None
     unit = q.get("unit") or q.get("code") or ""
     return f"{q.get('comparator', '')}{q['value']} {unit}".strip()
 
 
+_STRING_VALUE = re.compile(r"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?)\s*([^\d\s].*)?$")
+
+
+def _string_quantity(text) -> dict | None:
+    """'>100', '> 100 ng/mL', '9.5 g/dl' in valueString (assays above their range report so) → a Quantity."""
+    match = _STRING_VALUE.match(text) if isinstance(text, str) else None
+    if not match:
+        return None
+    quantity = {"value": float(match.group(2))}
+    if match.group(1):
+        quantity["comparator"] = match.group(1)
+    if match.group(3):
+        quantity["unit"] = match.group(3).strip()
+    return quantity
+
+
+def _instant(value) -> datetime | None:
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    try:
+        moment = datetime.fromisoformat(value) if len(value) > 10 else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        day = parse_date(value)
+        return datetime(day.year, day.month, day.day, tzinfo=UTC) if day else None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+STATUS_RANK = {"preliminary": 0, "final": 1, "amended": 2, "corrected": 2}
+_EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def _moment(observation: dict) -> tuple:
+    period = observation.get("effectivePeriod")
+    effective = (_instant(observation.get("effectiveDateTime")) or _instant(observation.get("effectiveInstant"))
+                 or (_instant(period.get("start")) if isinstance(period, dict) else None)
+                 or _instant(observation.get("issued")) or _EPOCH)
+    return effective, _instant(observation.get("issued")) or _EPOCH, STATUS_RANK.get(observation.get("status"), 0)
+
+
 def _lab_result(observation: dict, analyte: str, spec: dict) -> LabResult | None:
     quantity = observation.get("valueQuantity")
+    if quantity is None:
+        quantity = _string_quantity(observation.get("valueString"))
+        if quantity is not None and "unit" not in quantity:
+            quantity["code"], quantity["system"] = spec["unit"], "http://unitsofmeasure.org"
     value = quantity_value(quantity, spec["unit"], molar_mass=spec.get("molar_mass"))
     if value is None:
         return None
@@ -293,17 +359,25 @@ def _lab_result(observation: dict, analyte: str, spec: dict) -> LabResult | None
         evidence=Evidence(_ref(observation), coding_label(observation.get("code")), _effective(observation),
                           shown, "code", None if status in FINAL_OBSERVATION else status),
         reference_high=high, reference_low=low, preliminary=status not in FINAL_OBSERVATION,
+        moment=_moment(observation),
     )
 
 
 def _negative(observation: dict) -> bool:
     if observation.get("valueBoolean") is False:
         return True
+    value_text = observation.get("valueString")
+    if isinstance(value_text, str) and value_text.strip().lower().rstrip(".") in NEGATIVE_WORDS:
+        return True
     answer = observation.get("valueCodeableConcept")
     if isinstance(answer, dict):
         for coding in answer.get("coding") or []:
             if isinstance(coding, dict) and str(coding.get("code")) in NEGATIVE_ANSWERS:
                 return True
+            if isinstance(coding, dict) and str(coding.get("display", "")).strip().lower() in NEGATIVE_WORDS:
+                return True
+        if str(answer.get("text", "")).strip().lower() in NEGATIVE_WORDS:
+            return True
     for interp in observation.get("interpretation") or []:
         if _status_code(interp) in {"N", "NEG", "ND"}:
             return True
@@ -375,9 +449,11 @@ def _observations(observations: Iterable[dict], facts: Facts) -> None:
     for obs in observations:
         _safely(facts, obs, lambda o: _read_observation(o, facts, by_analyte, smoking))
     for analyte, results in by_analyte.items():
-        finals = [r for r in results if not r.preliminary]
-        usable = finals or results
-        usable.sort(key=lambda r: r.evidence.date or date.min)
+        # A preliminary result is superseded by a final (amended, corrected) one of the same or a later
+        # time; a preliminary newer than every final one is kept, and labelled preliminary on the card.
+        latest_final = max((r.moment[0] for r in results if not r.preliminary), default=None)
+        usable = [r for r in results if not r.preliminary or latest_final is None or r.moment[0] > latest_final]
+        usable.sort(key=lambda r: r.moment)
         facts.series[analyte] = usable
         facts.labs[analyte] = usable[-1]
     if smoking:
@@ -389,7 +465,40 @@ def _observations(observations: Iterable[dict], facts: Facts) -> None:
 
 # ---------------------------------------------------------------- medications, procedures, encounters
 
-def _medication_findings(request: dict) -> list[Finding]:
+def _stated_reasons(resource: dict) -> list[dict]:
+    """reasonCode concepts, and reasonReference displays as concepts: why a drug or procedure was given."""
+    reasons = [r for r in resource.get("reasonCode") or [] if isinstance(r, dict)] \
+        if isinstance(resource.get("reasonCode"), list) else []
+    refs = resource.get("reasonReference") if isinstance(resource.get("reasonReference"), list) else []
+    reasons += [{"text": r["display"]} for r in refs if isinstance(r, dict) and isinstance(r.get("display"), str)]
+    return reasons
+
+
+def _for_cancer(resource: dict) -> bool:
+    """A cancer drug or operation given for a stated non-cancer reason (letrozole for infertility,
+    leuprolide for endometriosis) does not show a cancer; with no stated reason it does."""
+    reasons = _stated_reasons(resource)
+    return not reasons or any(value_set(name).match(reason) for reason in reasons for name in CANCER_CONCEPTS)
+
+
+def _days(start: date | None, end: date | None) -> int | None:
+    return (end - start).days if start and end else None
+
+
+def _long_term(request: dict, when: date | None, today: date) -> bool:
+    """Long-term use: ordered as continuous, supplied or valid for 28 days or more, or active since then."""
+    course = _status_code(request.get("courseOfTherapyType"))
+    dispense = request.get("dispenseRequest") if isinstance(request.get("dispenseRequest"), dict) else {}
+    supply = dispense.get("expectedSupplyDuration") if isinstance(dispense.get("expectedSupplyDuration"), dict) else {}
+    supply_days = quantity_value(supply, "d") if supply else None
+    period = dispense.get("validityPeriod") if isinstance(dispense.get("validityPeriod"), dict) else {}
+    valid_days = _days(parse_date(period.get("start")), parse_date(period.get("end")))
+    running_days = _days(when, today) if request.get("status") in ("active", "on-hold", None) else None
+    return (course == "continuous" or any(d is not None and d >= LONG_TERM_DAYS
+                                          for d in (supply_days, valid_days, running_days)))
+
+
+def _medication_findings(request: dict, today: date) -> list[Finding]:
     if request.get("status") in IGNORED_REQUEST:
         return []
     concept = request.get("medicationCodeableConcept")
@@ -406,12 +515,18 @@ def _medication_findings(request: dict) -> list[Finding]:
     out = []
     for name in MEDICATION_CONCEPTS:
         found = value_set(name).match(concept)
-        if found is not None:
-            out.append(Finding(name, Evidence(_ref(request), _label(concept, found), when, None, found.how,
-                                              _text_or_none(request.get("status"))),
-                               active=active, onset=when,
-                               last_activity=max([d for d in (when, end) if d], default=None),
-                               text=_texts(request, concept)))
+        if found is None:
+            continue
+        if name == "cancer-treatment" and not _for_cancer(request):
+            continue
+        if name == "immunosuppression" and value_set("systemic-corticosteroid").match(concept) \
+                and not _long_term(request, when, today):
+            continue  # a short steroid course is not immunosuppression
+        out.append(Finding(name, Evidence(_ref(request), _label(concept, found), when, None, found.how,
+                                          _text_or_none(request.get("status"))),
+                           active=active, onset=when,
+                           last_activity=max([d for d in (when, end) if d], default=None),
+                           text=_texts(request, concept)))
     return out
 
 
@@ -426,6 +541,8 @@ def _procedure_findings(procedure: dict) -> list[Finding]:
     out = []
     for name in PROCEDURE_CONCEPTS:
         found = _match(name, code)
+        if name == "cancer-treatment" and found is not None and not _for_cancer(procedure):
+            continue
         if found is not None:
             out.append(Finding(name, Evidence(_ref(procedure), _label(code, found), start, None, found.how,
                                               _text_or_none(procedure.get("status"))),
@@ -475,7 +592,7 @@ def extract(record: PatientRecord, today: date) -> Facts:
                 facts.findings.append(finding)
     _observations(record.of_type("Observation"), facts)
     for request in record.of_type("MedicationRequest"):
-        facts.findings.extend(_safely(facts, request, _medication_findings))
+        facts.findings.extend(_safely(facts, request, lambda r: _medication_findings(r, today)))
     for procedure in record.of_type("Procedure"):
         facts.findings.extend(_safely(facts, procedure, _procedure_findings))
     for encounter in record.of_type("Encounter"):

@@ -33,20 +33,27 @@ SYSTEM_ALIASES = {
 }
 SYSTEM_NAMES = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", LOINC: "LOINC", RXNORM: "RxNorm", CPT: "CPT"}
 
-# Cues that make a mention not a current personal finding, looked for in the words before it
-# (same clause) or, for the trailing ones, right after it.
+# Cues that make a mention not a current personal finding (a NegEx-style reading): negation in
+# the few words before it, a relative right before it, or a closing cue right after it.
 NEGATION_BEFORE = re.compile(
     r"(?<![a-z0-9])(no|not|denies|denied|denying|negative for|without|free of|absence of|absent|"
     r"no evidence of|no history of|no h/o|never|nil|none)(?![a-z0-9])")
-# After a mention, only a cue that closes the clause ("saddle anaesthesia: absent", "CES ruled out").
+# After a mention, within its clause and up to the next comma: "CES ruled out", "cancer excluded on
+# biopsy", "saddle anaesthesia: absent"; a bare "no" only when it closes the clause ("fever: no").
 NEGATION_AFTER = re.compile(
-    r"^(?:\W{0,3}(?:no|absent)|[\w\s\-/]{0,40}?(?<![a-z0-9])(?:absent|negative|not present|denied|ruled out|"
-    r"excluded|none|nil))\W*$")
-FAMILY = re.compile(
-    r"(?<![a-z0-9])(family history|fhx|fh|mother|father|mum|dad|sister|brother|aunt|uncle|grandmother|"
-    r"grandfather|cousin|son|daughter|parent|sibling)(?![a-z0-9])")
-CLAUSE_BREAK = re.compile(r"[.;\n|!?]|\bbut\b|\bhowever\b")
+    r"^(?:\W{0,3}no\W*$|\W*(?:[a-z0-9/\-]+\W+){0,3}?(?:absent|negative|not present|not found|denied|"
+    r"ruled out|excluded|none|nil)(?![a-z0-9]))")
+FAMILY_HISTORY = re.compile(r"(?<![a-z0-9])(family history|fam hx|fhx|fh)(?![a-z0-9])")
+RELATIVE = re.compile(
+    r"(?<![a-z0-9])(mother|father|mum|dad|sister|brother|aunt|uncle|grandmother|grandfather|cousin|son|"
+    r"daughter|parent|sibling)(?![a-z0-9])")
+# A clause ends at sentence punctuation, at "but"/"however", and at a comma that starts a new
+# statement ("denies fever, reports new urinary retention").
+CLAUSE_BREAK = re.compile(
+    r"[.;\n|!?]|\bbut\b|\bhowever\b|\balthough\b|,\s*(?:and\s+)?(?=(?:reports?|complains? of|c/o|has|have|had|"
+    r"presents? with|notes?|describes?|admits?|now|new|on examination|o/e)\b)")
 WINDOW_WORDS = 6
+RELATIVE_WORDS = 4
 
 
 def normalise_system(system: str | None) -> str | None:
@@ -142,6 +149,8 @@ class ValueSet:
             if display:
                 texts.append(display)
         if isinstance(concept.get("text"), str):
+            if self._vetoes is not None and self._vetoes.search(concept["text"].lower()):
+                return None  # the concept's own text qualifies it ("risk-reducing mastectomy"): no text match
             texts.insert(0, concept["text"])
         for text in texts:
             found = self.match_text(text)
@@ -153,20 +162,26 @@ class ValueSet:
         if self._synonyms is None or not isinstance(text, str) or not text.strip():
             return None
         lowered = text.lower()
-        if self._vetoes is not None and self._vetoes.search(lowered):
-            return None
         for hit in self._synonyms.finditer(lowered):
+            if self._vetoes is not None and self._vetoes.search(_clause(lowered, hit.start(), hit.end())):
+                continue  # a veto phrase speaks only for its own clause
             if not _negated(lowered, hit.start(), hit.end()):
                 return Match("text", None, None, text[hit.start():hit.end()])
         return None
 
 
+def _clause(text: str, start: int, end: int) -> str:
+    return CLAUSE_BREAK.split(text[:start])[-1] + text[start:end] + CLAUSE_BREAK.split(text[end:])[0]
+
+
 def _negated(text: str, start: int, end: int) -> bool:
     before = CLAUSE_BREAK.split(text[:start])[-1]
-    window = " ".join(before.split()[-WINDOW_WORDS:])
-    if NEGATION_BEFORE.search(window) or FAMILY.search(before):
+    words = before.split()
+    if NEGATION_BEFORE.search(" ".join(words[-WINDOW_WORDS:])) or FAMILY_HISTORY.search(before):
         return True
-    after = CLAUSE_BREAK.split(text[end:])[0]
+    if RELATIVE.search(" ".join(words[-RELATIVE_WORDS:])):
+        return True
+    after = CLAUSE_BREAK.split(text[end:])[0].split(",")[0]
     return bool(NEGATION_AFTER.search(after))
 
 

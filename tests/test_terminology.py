@@ -114,3 +114,28 @@ def test_malformed_concepts_do_not_raise():
 def test_coding_label_shows_text_and_code():
     label = coding_label(cc(ICD, "M54.50", "Low back pain, unspecified"))
     assert label == "Low back pain, unspecified (ICD-10-CM M54.50)"
+
+
+def test_negation_ends_where_a_new_statement_begins():
+    assert value_set("urinary-retention").match_text("Denies fever, reports new difficulty passing urine")
+
+
+def test_a_relative_mentioned_earlier_does_not_negate_the_patients_own_symptom():
+    assert value_set("saddle-anesthesia").match_text("Attends with her daughter, reports perianal numbness")
+
+
+def test_a_veto_phrase_speaks_only_for_its_own_clause():
+    text = "Suspected cauda equina syndrome, emergency MRI arranged. Safety netting advice given."
+    assert value_set("cauda-equina-syndrome").match_text(text)
+    assert not value_set("cauda-equina-syndrome").match_text("Red flags for cauda equina discussed")
+
+
+def test_excluded_later_in_the_clause_negates():
+    assert not value_set("malignancy").match_text("Breast lump - cancer excluded on biopsy")
+
+
+def test_a_veto_in_the_concepts_own_text_blocks_its_code_displays_too():
+    concept = {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "19303",
+                           "display": "Mastectomy, simple, complete"}],
+               "text": "Risk-reducing bilateral mastectomy (BRCA1)"}
+    assert value_set("cancer-treatment").match(concept) is None
