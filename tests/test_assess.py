@@ -109,3 +109,46 @@ def test_recorded_date_dates_a_cancer_history_with_nothing_else():
     history = {"resourceType": "Condition", "id": "hx", "recordedDate": days_ago(200),
                "code": {"coding": [{"system": ICD, "code": "Z85.3", "display": "Personal history of breast cancer"}]}}
     assert run(LBP, history).tier == "imaging"
+
+
+def hb(oid, value, days, status="final"):
+    return {"resourceType": "Observation", "id": oid, "status": status,
+            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+            "effectiveDateTime": days_ago(days),
+            "valueQuantity": {"value": value, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"}}
+
+
+def test_a_preliminary_result_newer_than_every_final_one_is_used_and_labelled():
+    result = run(LBP, hb("old", 14, 700), hb("new", 8, 1, status="preliminary"))
+    anemia = result.flag("anemia")
+    assert anemia and anemia.strong and anemia.evidence[0].status == "preliminary"
+
+
+def test_a_preliminary_result_is_superseded_by_a_final_one_of_the_same_draw():
+    assert run(LBP, hb("p", 8, 1, status="preliminary"), hb("f", 13.5, 1)).flag("anemia") is None
+
+
+def prednisone(days_running, **extra):
+    return {"resourceType": "MedicationRequest", "id": "pred", "status": "active", "intent": "order",
+            "medicationCodeableConcept": {"text": "prednisone 20 mg tablet"}, "authoredOn": days_ago(days_running),
+            **extra}
+
+
+def test_a_short_steroid_course_is_not_immunosuppression():
+    assert "immunosuppression" not in run(LBP, prednisone(3)).flag_ids
+
+
+def test_long_term_steroids_are_immunosuppression():
+    assert "immunosuppression" in run(LBP, prednisone(60)).flag_ids
+    assert "immunosuppression" in run(LBP, prednisone(2, courseOfTherapyType={"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/medicationrequest-course-of-therapy",
+         "code": "continuous"}]})).flag_ids
+
+
+def test_a_cancer_drug_given_for_a_non_cancer_reason_is_not_a_cancer_history():
+    letrozole = {"resourceType": "MedicationRequest", "id": "let", "status": "active", "intent": "order",
+                 "medicationCodeableConcept": {"text": "letrozole 2.5 mg"}, "authoredOn": days_ago(20),
+                 "reasonCode": [{"text": "Female infertility, ovulation induction"}]}
+    assert "cancer-history" not in run(LBP, letrozole).flag_ids
+    del letrozole["reasonCode"]
+    assert "cancer-history" in run(LBP, letrozole).flag_ids
