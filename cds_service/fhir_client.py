@@ -35,6 +35,7 @@ from __future__ import annotations
 import email.utils
 import http.cookiejar
 import ipaddress
+import json
 import logging
 import re
 import threading
@@ -146,12 +147,17 @@ def _origin_and_path(url: str) -> tuple[str, str, int, str] | None:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         return None
+    if parts.username is not None or parts.password is not None:
+        return None  # credentials in the URL would replace the bearer token
     path = parts.path
     segments = unquote(path).split("/")
     if "." in segments or ".." in segments or "\\" in path:
         return None
     default_port = 443 if scheme == "https" else 80
     return scheme, parts.hostname.lower().rstrip("."), port or default_port, path.rstrip("/")
+
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # one FHIR response page
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -490,6 +496,8 @@ class FhirClient:
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             outcome = state.outcome
+            if not outcome.failed:
+                outcome.result().close()  # a streamed response being retried gives its connection back
             what = (type(outcome.exception()).__name__ if outcome.failed
                     else f"HTTP {outcome.result().status_code}")
             log.info("FHIR fetch key=%s type=%s: %s, retry %d in %.2f s", key, _log_type(relative), what,
@@ -505,13 +513,43 @@ class FhirClient:
             retry_error_callback=lambda state: state.outcome.result(),
         )
         try:
-            response = retrying(lambda: self._session.get(url, headers=headers, timeout=timeout()))
+            # Streamed, so the body is read against the deadline: a server that trickles bytes never
+            # trips a per-read timeout, and must not hold a worker past the request's deadline.
+            # Redirects are not followed: a redirect could lead to a server that is not allowed.
+            response = retrying(lambda: self._session.get(url, headers=headers, timeout=timeout(), stream=True,
+                                                          allow_redirects=False))
         except _OutOfTime:
             raise
         except requests.RequestException as exc:
             raise _request_failure(exc) from None
         with response:
-            return _interpret(response, relative)
+            try:
+                body = _read_body(response, deadline)
+            except requests.RequestException as exc:
+                raise _request_failure(exc) from None
+            except urllib3.exceptions.ReadTimeoutError:
+                raise _OutOfTime() from None
+            except urllib3.exceptions.HTTPError:
+                raise _Failure("malformed response (connection broken)", response.status_code) from None
+            return _interpret(response, body, relative)
+
+
+def _read_body(response: requests.Response, deadline: float) -> bytes:
+    chunks, size = [], 0
+    raw = response.raw
+    while True:
+        # read1 returns whatever has arrived (read() would wait for a full chunk, byte by trickled byte)
+        chunk = raw.read1(65536, decode_content=True)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _Failure(f"malformed response (larger than {MAX_BODY_BYTES // (1024 * 1024)} MB)",
+                           response.status_code)
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise _OutOfTime()
+    return b"".join(chunks)
 
 
 def _request_failure(exc: requests.RequestException) -> Exception:
@@ -527,11 +565,11 @@ def _request_failure(exc: requests.RequestException) -> Exception:
     return _Failure(f"request failed ({type(exc).__name__})")
 
 
-def _interpret(response: requests.Response, relative: str) -> tuple[dict, int]:
+def _interpret(response: requests.Response, raw: bytes, relative: str) -> tuple[dict, int]:
     status = response.status_code
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
         body = None
     is_resource = isinstance(body, dict) and isinstance(body.get("resourceType"), str) and bool(
         _RESOURCE_TYPE.match(body["resourceType"]))
