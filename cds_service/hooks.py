@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -26,21 +27,57 @@ def list_services():
     return jsonify(discovery())
 
 
+def _no_duplicate_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def read_json_body() -> dict:
-    """The request's JSON object, or a 415/400 that says what is wrong."""
+    """The request's JSON object, or a 415/413/400 that says what is wrong."""
     mimetype = request.mimetype or ""
     if not (mimetype == "application/json" or mimetype.endswith("+json")):
         raise ServiceError(415, "the request body must be JSON (Content-Type: application/json)",
                            [{"field": "Content-Type", "reason": f"got {mimetype or 'none'}"}])
-    raw = request.get_data(cache=True)  # raises 413 beyond MAX_CONTENT_LENGTH
+    raw = request.get_data(cache=True)  # raises 413 beyond MAX_CONTENT_LENGTH when Content-Length says so
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and len(raw) >= limit:  # a chunked body is cut at the limit
+        raise ServiceError(413, f"request body is larger than the configured limit ({limit} bytes)")
     if not raw.strip():
         raise ServiceError(400, "the request body is empty")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ServiceError(400, "the request body is not valid JSON")
+    try:
+        body = json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except RecursionError:
+        raise ServiceError(400, "the request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = str(exc) if "duplicate key" in str(exc) or "not valid JSON" in str(exc) else "cannot be parsed"
+        raise ServiceError(400, f"the request body is not valid JSON: {reason[:200]}") from None
     if not isinstance(body, dict):
         raise ServiceError(400, "the request body must be a JSON object")
+    if _depth(body) > MAX_DEPTH:
+        raise ServiceError(400, f"the request body is nested more than {MAX_DEPTH} levels deep")
     return body
+
+
+MAX_DEPTH = 64  # FHIR resources inside a CDS Hooks request nest about 15 levels
+
+
+def _depth(value) -> int:
+    """Nesting depth, computed without recursion (the value may be hostile)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def service_or_404(service_id: str):

@@ -183,3 +183,26 @@ def test_resources_about_another_patient_are_ignored_and_reported(client):
     ext = card["extension"]["lbp-redflags"]
     assert ext["tier"] == "none" and ext["dataComplete"] is False
     assert "another patient" in " ".join(ext["unavailable"])
+
+
+@pytest.mark.parametrize("data", ["[" * 100000 + "]" * 100000, '{"a":' * 50000 + "1" + "}" * 50000,
+                                  '{"a":' * 500 + "1" + "}" * 500])
+def test_deeply_nested_json_is_400(client, data):
+    error_of(client.post(PV, data=data, content_type="application/json"), 400)
+
+
+@pytest.mark.parametrize("data,reason", [('{"hook": "a", "hook": "b"}', "duplicate key"), ('{"x": NaN}', "NaN")])
+def test_ambiguous_or_non_standard_json_is_400(client, data, reason):
+    assert reason in error_of(client.post(PV, data=data, content_type="application/json"), 400)["message"]
+
+
+def test_chunked_body_over_the_limit_is_413(service):
+    import requests
+
+    def chunks():
+        for _ in range(40):
+            yield b" " * (1024 * 1024)
+
+    response = requests.post(f"{service.base_url}/cds-services/lbp-patient-view", data=chunks(),
+                             headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 413
