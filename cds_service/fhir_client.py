@@ -197,6 +197,15 @@ def allowed(base_url: str, settings: Settings) -> bool:
     return False
 
 
+def under_base(url: str, base_url: str) -> bool:
+    """url is on base_url's server and under its path (a page of a search on that server)."""
+    if not _same_server(url, base_url):
+        return False
+    base_path = urlsplit(base_url).path.rstrip("/")
+    path = urlsplit(url).path
+    return path == base_path or path.startswith(base_path + "/")
+
+
 def _same_server(url: str, base_url: str) -> bool:
     a, b = urlsplit(url), urlsplit(base_url)
     try:
@@ -224,6 +233,12 @@ def _prepare(base_url: str, relative: str, page_size: int) -> _Query:
         parts = urlsplit(relative)
     except ValueError:
         parts = None
+    if parts is not None and parts.scheme and under_base(relative, base_url):
+        # A next-page link of a prefetched search (server-made, e.g. HAPI's "?_getpages=..."): same server
+        # and under the base path, so the token stays where it belongs.
+        rest = parts.path[len(urlsplit(base_url).path.rstrip("/")):].lstrip("/")
+        first = rest.split("/", 1)[0]
+        return _Query(first if _RESOURCE_TYPE.match(first) else "?", relative, True)
     path, question_mark, query = relative.lstrip("/").partition("?")
     segments = [s for s in path.split("/") if s]
     if (parts is None or parts.scheme or parts.netloc or relative.startswith("//") or not segments

@@ -8,9 +8,9 @@ a searchset Bundle may be paginated (its next pages are fetched when a fhirServe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from .errors import ServiceError
+from .fhir_client import under_base
 from .services import KEY_DESCRIPTIONS, REQUIRED_KEYS, prefetch_templates, resolve_template
 
 
@@ -93,18 +93,6 @@ def _expected_type(template: str) -> str:
     return template.split("?", 1)[0].split("/", 1)[0]
 
 
-def _relative_to(url: str, base: str) -> str | None:
-    """A next-page link as a query relative to fhirServer, or None when it points elsewhere."""
-    a, b = urlsplit(url), urlsplit(base)
-    if (a.scheme, a.netloc.lower()) != (b.scheme, b.netloc.lower()):
-        return None
-    base_path = b.path.rstrip("/") + "/"
-    if not (a.path + "/").startswith(base_path):
-        return None
-    relative = a.path[len(base_path):]
-    return f"{relative}?{a.query}" if a.query else relative or None
-
-
 def gather(body: dict, fetcher=None) -> Gathered:
     """Collect the patient's resources from prefetch, fetching what is missing.
 
@@ -129,9 +117,8 @@ def gather(body: dict, fetcher=None) -> Gathered:
         if slot.status == "null":
             gathered.sources[key] = "null"
         if slot.status == "paged":
-            relative = _relative_to(slot.next_url, fhir_server) if fhir_server and slot.next_url else None
-            if relative:
-                to_fetch[key] = relative
+            if fhir_server and slot.next_url and under_base(slot.next_url, fhir_server):
+                to_fetch[key] = slot.next_url  # the client fetches it and the pages after it
             else:
                 failures[key] = "only the first page of results was provided"
         elif slot.status in ("absent", "error"):

@@ -467,3 +467,24 @@ def test_load_transaction_raises_when_an_entry_fails(fhir_server):
               "entry": [{"request": {"method": "GET", "url": f"Patient/missing-{uuid.uuid4().hex}"}}]}
     with pytest.raises(FhirServerError, match="entry 0"):
         fhir_server.load_transaction(bundle)
+
+
+def test_a_next_page_url_under_the_base_is_fetched_as_given(fhir_server):
+    from cds_service.fhir_client import FhirClient
+    from cds_service.settings import load_settings
+
+    client = FhirClient(load_settings(env={}, database_url="sqlite://"))
+    url = f"{fhir_server.base_url.rstrip('/')}/Condition?patient=nobody&_count=5"
+    result = client.fetch_all(fhir_server.base_url, {"conditions": url}, None)["conditions"]
+    assert result.ok and result.resource["resourceType"] == "Bundle"
+    client.close()
+
+
+def test_an_absolute_url_outside_the_base_is_refused(fhir_server):
+    from cds_service.fhir_client import FhirClient
+    from cds_service.settings import load_settings
+
+    client = FhirClient(load_settings(env={}, database_url="sqlite://"))
+    result = client.fetch_all(fhir_server.base_url, {"conditions": "http://127.0.0.2:9/fhir/Condition"}, "t")
+    assert not result["conditions"].ok and "invalid query" in result["conditions"].error
+    client.close()

@@ -63,7 +63,15 @@ def test_next_page_of_a_paginated_prefetch_bundle_is_fetched_from_the_same_serve
     fetcher = Fetcher({"conditions": Result(EMPTY)})
     gather(body({"patient": PATIENT, **ALL_NULL, "conditions": paged}, fhirServer="http://127.0.0.1:1/fhir"),
            fetcher)
-    assert fetcher.asked == {"conditions": "Condition?patient=p1&_offset=50"}
+    assert fetcher.asked == {"conditions": "http://127.0.0.1:1/fhir/Condition?patient=p1&_offset=50"}
+
+
+def test_a_server_made_next_link_at_the_base_url_is_followed():
+    paged = dict(EMPTY, link=[{"relation": "next", "url": "http://127.0.0.1:1/fhir?_getpages=abc&_getpagesoffset=50"}])
+    fetcher = Fetcher({"conditions": Result(EMPTY)})
+    gather(body({"patient": PATIENT, **ALL_NULL, "conditions": paged}, fhirServer="http://127.0.0.1:1/fhir"),
+           fetcher)
+    assert fetcher.asked == {"conditions": "http://127.0.0.1:1/fhir?_getpages=abc&_getpagesoffset=50"}
 
 
 def test_next_page_on_another_host_is_not_followed():
