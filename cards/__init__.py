@@ -42,8 +42,18 @@ def respond(hook: str, service_id: str, record: PatientRecord, *, today: date, h
 
     weeks = assessment.lbp_weeks
     ratings = [(order, rate(order, assessment.tier, weeks)) for order in orders]
-    selected = [o for o in orders if o.reference in record.selections] if hook == "order-select" else []
-    spoken = selected or orders
+    # order-select speaks of what the clinician selected; a selection without lumbar imaging gets no
+    # card (the drafts are still rated). A client sending no selections at all gets advice on all drafts.
+    if hook == "order-select" and record.selections:
+        spoken = [o for o in orders if o.reference in record.selections]
+    else:
+        spoken = orders
+    if not spoken and assessment.tier == "emergency":
+        spoken = orders  # an emergency is never kept back for want of a selection
+    actions = rating_actions(ctx, ratings)
+    if not spoken:
+        return {"cards": [], "systemActions": actions, "extension": {"systemActions": actions}} if actions \
+            else {"cards": []}
     studies = sorted({o.orderable or o.modality for o in spoken})
     if (hook == "order-sign" and assessment.tier != "emergency" and accepted_at_select is not None
             and accepted_at_select(assessment.tier, studies)):
@@ -51,5 +61,7 @@ def respond(hook: str, service_id: str, record: PatientRecord, *, today: date, h
     else:
         card = build_card(ctx, assessment, sex=facts.sex, age=facts.age, orders=spoken,
                           ratings=[(o, r) for o, r in ratings if o in spoken])
-    actions = rating_actions(ctx, ratings)
-    return {"cards": [card], "systemActions": actions, "extension": {"systemActions": actions}}
+    response = {"cards": [card]}
+    if actions:
+        response.update(systemActions=actions, extension={"systemActions": actions})
+    return response

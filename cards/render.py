@@ -44,7 +44,10 @@ class CardContext:
 
 
 def stable_uuid(ctx: CardContext, *parts: str) -> str:
-    return str(uuid.uuid5(UUID_NAMESPACE, "|".join((ctx.service_id, ctx.hook_instance) + parts)))
+    """Same call retried → same uuid; the patient is part of the key, so a hookInstance reused for
+    another patient never gives that patient's cards the first one's uuids."""
+    key = (ctx.service_id, ctx.hook_instance, ctx.patient_id or "") + parts
+    return str(uuid.uuid5(UUID_NAMESPACE, "|".join(key)))
 
 
 # ---------------------------------------------------------------- text
@@ -290,8 +293,8 @@ def extension(assessment: Assessment, ratings: list[tuple[ImagingOrder, Rating]]
     if assessment.probability is not None:
         ext["estimatedProbability"] = round(assessment.probability, 4)
     if ratings:
-        ext["ratings"] = [{"order": o.reference, "study": o.orderable or o.modality, "modality": r.modality,
-                           "rating": r.pama_code,
+        ext["ratings"] = [{**({"order": o.reference} if o.resource_id else {}), "study": o.orderable or o.modality,
+                           "modality": r.modality, "rating": r.pama_code,
                            "acrCategory": r.acr_category, "acrVariant": r.acr_variant} for o, r in ratings]
     return ext
 
@@ -322,7 +325,9 @@ def follow_up_card(ctx: CardContext, assessment: Assessment, ratings: list[tuple
 
 
 def rating_actions(ctx: CardContext, ratings: list[tuple[ImagingOrder, Rating]]) -> list[dict]:
-    return [rating_action(order, rating, stable_uuid(ctx, "consult", order.reference)) for order, rating in ratings]
+    """An update per rated draft; a draft without an id cannot be updated, so it gets none."""
+    return [rating_action(order, rating, stable_uuid(ctx, "consult", order.reference))
+            for order, rating in ratings if order.resource_id]
 
 
 __all__ = ["CardContext", "build_card", "rating_actions", "stable_uuid", "knowledge"]

@@ -5,6 +5,8 @@ Body: {"error": {"status": 400, "code": "invalid-request", "message": "...", "de
 
 from __future__ import annotations
 
+import logging
+import traceback
 from dataclasses import dataclass, field
 
 from flask import Flask, current_app, g, jsonify, request
@@ -43,11 +45,19 @@ def _respond(err: ServiceError):
     return response
 
 
+log = logging.getLogger("lbp_redflags.errors")
+
+
+def _log(status: int, code: str, fields: list[str]) -> None:
+    """Status, code, the fields named and the hookInstance: never the reasons (they may echo values)."""
+    log.warning("%s %s status=%d code=%s fields=%s hookInstance=%s", request.method, request.path, status, code,
+                ",".join(fields) or "-", g.get("hook_instance"))
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(err: ServiceError):
-        if err.status >= 500:
-            current_app.logger.error("request failed: %s", err.message)
+        _log(err.status, STATUS_CODES.get(err.status, "error"), [d.get("field", "") for d in err.details])
         return _respond(err)
 
     @app.errorhandler(HTTPException)
@@ -60,6 +70,7 @@ def register_error_handlers(app: Flask) -> None:
             f"({current_app.config.get('MAX_CONTENT_LENGTH')} bytes)",
         }
         message = messages.get(status, err.description or err.name)
+        _log(status, STATUS_CODES.get(status, "error"), [])
         response = _respond(ServiceError(status, message))
         if status == 405 and getattr(err, "valid_methods", None):
             response.headers["Allow"] = ", ".join(err.valid_methods)
@@ -67,6 +78,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
-        hook_instance = g.get("hook_instance")
-        current_app.logger.exception("unexpected error (hookInstance=%s)", hook_instance)
+        # The frames, not the message: an exception's message may carry patient data.
+        log.error("unexpected error (hookInstance=%s): %s\n%s", g.get("hook_instance"), type(err).__name__,
+                  "".join(traceback.format_tb(err.__traceback__)))
         return _respond(ServiceError(500, "internal error; the service logged it"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import UTC, datetime
 
@@ -19,6 +20,7 @@ from .services import SERVICES, discovery
 from .validation import problems
 
 bp = Blueprint("hooks", __name__)
+SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,256}$")  # what may be written to the log as a hookInstance
 log = logging.getLogger("lbp_redflags.hooks")
 
 
@@ -104,7 +106,8 @@ def call_service(service_id: str):
     started = time.perf_counter()
     service = service_or_404(service_id)
     body = read_json_body()
-    g.hook_instance = body.get("hookInstance") if isinstance(body.get("hookInstance"), str) else None
+    hook_instance = body.get("hookInstance")
+    g.hook_instance = hook_instance if isinstance(hook_instance, str) and SAFE_ID.match(hook_instance) else None
     validate_request(service, body)
 
     settings = current_app.config["LBP_SETTINGS"]

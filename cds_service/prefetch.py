@@ -106,12 +106,16 @@ def gather(body: dict, fetcher=None) -> Gathered:
     gathered = Gathered()
     to_fetch: dict[str, str] = {}
     failures: dict[str, str] = {}
+    usable: dict[str, int] = {}  # per key: resources read
+    unreadable_only: dict[str, bool] = {}  # per key: entries came that could not be read
 
     for key, template in prefetch_templates().items():
         slot = _read_slot(key, prefetch.get(key), _expected_type(template), key in prefetch)
         if slot.status in ("ok", "paged"):
             gathered.resources.extend(slot.resources)
             gathered.sources[key] = "prefetch"
+            usable[key] = len(slot.resources)
+            unreadable_only[key] = bool(slot.unreadable)
             if slot.unreadable:
                 failures[key] = f"{slot.unreadable} unreadable entr{'y' if slot.unreadable == 1 else 'ies'} skipped"
         if slot.status == "null":
@@ -139,6 +143,8 @@ def gather(body: dict, fetcher=None) -> Gathered:
             if resource.get("resourceType") == "Bundle":
                 entries, unreadable = _entries(resource)
                 gathered.resources.extend(entries)
+                usable[key] = usable.get(key, 0) + len(entries)
+                unreadable_only[key] = unreadable_only.get(key, False) or bool(unreadable)
                 if unreadable:
                     failures[key] = f"{unreadable} unreadable entr{'y' if unreadable == 1 else 'ies'} skipped"
                 if getattr(result, "truncated", False):
@@ -150,7 +156,9 @@ def gather(body: dict, fetcher=None) -> Gathered:
         for key in to_fetch:
             failures.setdefault(key, "fetching from the FHIR server is not available")
 
-    required_missing = [k for k in REQUIRED_KEYS if k in failures and k not in gathered.sources]
+    # Required data that came but could not be read at all is as missing as data that never came.
+    required_missing = [k for k in REQUIRED_KEYS if k in failures
+                        and (k not in gathered.sources or (unreadable_only.get(k) and not usable.get(k)))]
     if required_missing:
         raise ServiceError(
             412,

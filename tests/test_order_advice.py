@@ -65,7 +65,8 @@ def order_select(service, resources, orders, hook="order-select", selections=Non
                "draftOrders": {"resourceType": "Bundle", "type": "collection",
                                "entry": [{"resource": o} for o in orders]}}
     if hook == "order-select":
-        context["selections"] = selections or [f"ServiceRequest/{o['id']}" for o in orders]
+        context["selections"] = selections if selections is not None else [
+            f"ServiceRequest/{o['id']}" for o in orders]
     body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context,
             "prefetch": prefetch_for(resources)}
     service_id = "lbp-imaging-order-select" if hook == "order-select" else "lbp-imaging-order-sign"
@@ -182,3 +183,41 @@ def test_every_lumbar_order_is_rated_but_the_card_speaks_of_the_selection(servic
 def test_order_sign_rates_like_order_select(service):
     result = order_select(service, patient_for("none"), [draft("72158")], hook="order-sign")
     assert rating(result) == "not-appropriate"
+
+
+def test_a_selection_without_lumbar_imaging_gets_no_card_but_the_drafts_are_rated(service):
+    lab = {"resourceType": "ServiceRequest", "id": "lab1", "status": "draft", "intent": "order",
+           "subject": {"reference": "Patient/pt"}, "code": {"text": "CBC"}}
+    result = order_select(service, patient_for("imaging"), [draft("72131"), lab], selections=["ServiceRequest/lab1"])
+    assert result["cards"] == [] and rating(result) == "appropriate"
+
+
+def test_an_emergency_is_shown_even_when_the_imaging_draft_is_not_selected(service):
+    lab = {"resourceType": "ServiceRequest", "id": "lab1", "status": "draft", "intent": "order",
+           "subject": {"reference": "Patient/pt"}, "code": {"text": "CBC"}}
+    result = order_select(service, patient_for("emergency"), [draft("72148"), lab],
+                          selections=["ServiceRequest/lab1"])
+    assert result["cards"][0]["indicator"] == "critical"
+
+
+def test_a_draft_without_an_id_is_rated_on_the_card_but_gets_no_update_action(service):
+    order = draft("72148")
+    del order["id"]
+    result = order_select(service, patient_for("none"), [order], selections=[])
+    assert "systemActions" not in result
+    assert result["cards"][0]["extension"]["lbp-redflags"]["ratings"][0]["rating"] == "not-appropriate"
+
+
+def test_a_reused_hook_instance_for_another_patient_gets_other_uuids():
+    from cards import respond
+    from fhir_mappings.record import PatientRecord
+
+    def card_uuid(patient_id):
+        resources = patient_for("imaging")
+        resources[0]["id"] = patient_id
+        for resource in resources[1:]:
+            resource["subject"] = {"reference": f"Patient/{patient_id}"}
+        record = PatientRecord.from_resources(resources, patient_id=patient_id)
+        return respond("patient-view", "lbp-patient-view", record, today=today(), hook_instance="same")["cards"][0]
+    first, again, other = card_uuid("pt"), card_uuid("pt"), card_uuid("pt2")
+    assert first["uuid"] == again["uuid"] != other["uuid"]

@@ -103,3 +103,10 @@ def test_truncated_fetch_of_conditions_is_reported_but_not_412():
     gathered = gather(body({"patient": PATIENT, **{k: v for k, v in ALL_NULL.items() if k != "conditions"}},
                            fhirServer="http://127.0.0.1:1/fhir"), fetcher)
     assert any("page limit" in item for item in gathered.unavailable)
+
+
+def test_conditions_that_came_but_could_not_be_read_are_412():
+    bundle = dict(EMPTY, entry=[1, "x", {"resource": "y"}])
+    with pytest.raises(ServiceError) as raised:
+        gather(body({"patient": PATIENT, **ALL_NULL, "conditions": bundle}))
+    assert raised.value.status == 412

@@ -206,3 +206,18 @@ def test_chunked_body_over_the_limit_is_413(service):
     response = requests.post(f"{service.base_url}/cds-services/lbp-patient-view", data=chunks(),
                              headers={"Content-Type": "application/json"}, timeout=60)
     assert response.status_code == 413
+
+
+def test_a_hook_instance_with_control_characters_is_400(client):
+    error = error_of(client.post(PV, json=valid_body(hookInstance="abc\ninjected line")), 400)
+    assert "hookInstance" in fields(error)
+
+
+def test_client_errors_are_logged_with_the_hook_instance_and_fields_only(client, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="lbp_redflags")
+    error_of(client.post(PV, json=valid_body(prefetch={})), 412)
+    record = next(r for r in caplog.records if r.name == "lbp_redflags.errors")
+    assert "hookInstance=d1577c69-dfbe-44ad-ba6d-3e05e953b2ea" in record.getMessage()
+    assert "prefetch.patient" in record.getMessage() and "p1" not in record.getMessage().split("fields=")[1]
