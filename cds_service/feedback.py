@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from flask import Blueprint, current_app, jsonify
 
 from .errors import ServiceError
@@ -17,6 +19,16 @@ def give_feedback(service_id: str):
     service = service_or_404(service_id)
     body = read_json_body()
     found = problems("feedback", body)
+    if not found:
+        latest = datetime.now(UTC) + timedelta(days=1)  # clock skew allowed; a later time is an error
+        for index, item in enumerate(body["feedback"]):
+            try:
+                when = datetime.fromisoformat(item["outcomeTimestamp"].replace("Z", "+00:00"))
+            except ValueError:
+                found.append({"field": f"feedback.{index}.outcomeTimestamp", "reason": "not an ISO 8601 date-time"})
+                continue
+            if (when if when.tzinfo else when.replace(tzinfo=UTC)) > latest:
+                found.append({"field": f"feedback.{index}.outcomeTimestamp", "reason": "is in the future"})
     if found:
         raise ServiceError(400, "the request is not valid CDS Hooks 2.0 feedback", found)
     try:

@@ -49,3 +49,17 @@ def test_spec_feedback_examples_are_valid_feedback(client):
 
     for name in ("feedback-accepted", "feedback-overridden", "feedback-overridden-with-reason"):
         assert problems("feedback", fixture_json(f"cds-hooks-spec/hl7-cds-hooks-2.0.1/examples/{name}.json")) == []
+
+
+def test_feedback_from_the_future_is_400(client):
+    body = fixture_json(f"{CAPTURED}/feedback-accepted.json")["body"]
+    body["feedback"][0].update(card=issue_card(client), outcomeTimestamp="2999-01-01T00:00:00Z")
+    response = client.post("/cds-services/lbp-patient-view/feedback", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["details"][0]["field"] == "feedback.0.outcomeTimestamp"
+
+
+def test_overridden_feedback_cannot_accept_suggestions(client):
+    body = fixture_json(f"{CAPTURED}/feedback-accepted.json")["body"]
+    body["feedback"][0].update(card=issue_card(client), outcome="overridden")
+    assert client.post("/cds-services/lbp-patient-view/feedback", json=body).status_code == 400
