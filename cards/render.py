@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from .assess import Assessment, RedFlag, knowledge, rules_version
+from .assess import Assessment, RedFlag, rules_version
 from .orders import ImagingOrder, Rating, rating_action
 from .suggestions import (
     REASON_TYPES,
@@ -330,4 +330,4 @@ def rating_actions(ctx: CardContext, ratings: list[tuple[ImagingOrder, Rating]])
             for order, rating in ratings if order.resource_id]
 
 
-__all__ = ["CardContext", "build_card", "rating_actions", "stable_uuid", "knowledge"]
+__all__ = ["CardContext", "build_card", "follow_up_card", "rating_actions", "stable_uuid"]
