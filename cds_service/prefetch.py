@@ -195,8 +195,7 @@ def prefetch_for(resources: list[dict]) -> dict:
             bundles[keys[rtype]].append(resource)
         elif rtype == "Observation":
             code = resource.get("code")
-            if any(value_set(n).match(code) and value_set(n).match(code).how == "code"
-                   for n in OBSERVATION_VALUE_SETS):
+            if any(value_set(n).match_code(code) for n in OBSERVATION_VALUE_SETS):
                 bundles["observations"].append(resource)
             elif any(c.get("code") == "exam" for cat in resource.get("category") or []
                      for c in cat.get("coding") or []):

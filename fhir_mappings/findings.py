@@ -419,8 +419,7 @@ def _read_observation(obs: dict, facts: Facts, by_analyte: dict, smoking: list) 
     code = obs.get("code")
     analyte_found = False
     for analyte, spec in _analytes().items():
-        found = value_set(spec["value_set"]).match(code)
-        if found is not None and found.how == "code":
+        if value_set(spec["value_set"]).match_code(code) is not None:
             result = _lab_result(obs, analyte, spec)
             if result is not None:
                 by_analyte.setdefault(analyte, []).append(result)

@@ -158,6 +158,11 @@ class ValueSet:
                 return found
         return None
 
+    def match_code(self, concept) -> Match | None:
+        """A match by code only (labs and vitals are identified by their LOINC code, never by text)."""
+        found = self.match(concept)
+        return found if found is not None and found.how == "code" else None
+
     def match_text(self, text) -> Match | None:
         if self._synonyms is None or not isinstance(text, str) or not text.strip():
             return None
