@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
-import socket
 import sys
 import textwrap
 import uuid
 from pathlib import Path
 
 from .example_patients import SERVICE_FOR_HOOK as HOOK_SERVICE
-from .settings import SettingsError, load_settings
+from .settings import SettingsError, load_settings, startup_problems
 
 EXAMPLES_DIR = Path(__file__).parent / "example_patients"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            return all(ipaddress.ip_address(info[4][0]).is_loopback
-                       for info in socket.getaddrinfo(host, None))
-        except OSError:
-            return False
 
 
 # ---------------------------------------------------------------- serve
@@ -38,33 +23,41 @@ def cmd_serve(args) -> int:
     from .app import create_app
 
     try:
-        settings = load_settings(args.config, host=args.host, port=args.port)
+        settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers)
     except SettingsError as exc:
         print(f"lbp-redflags: {exc}", file=sys.stderr)
         return 2
-    if not is_loopback(settings.host) and not settings.auth_configured:
-        print(f"lbp-redflags: refusing to listen on {settings.host}: authentication of CDS clients is not "
-              "configured, so the service serves loopback only (127.0.0.1, ::1 or localhost).", file=sys.stderr)
+    problems = startup_problems(settings)
+    if problems:
+        for problem in problems:
+            print(f"lbp-redflags: {problem}", file=sys.stderr)
         return 2
+    if settings.local_profile:
+        print("lbp-redflags: no configuration file: local profile (loopback only, authentication off, "
+              "plain-http and loopback FHIR servers allowed, no rate limit)", flush=True)
     app = create_app(settings)
+    bind = f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
+
+    def when_ready(server) -> None:
+        # Printed by the master once its socket is bound: a port in use never says "serving".
+        for listener in server.LISTENERS:
+            print(f"lbp-redflags: serving CDS Hooks discovery at http://{listener}/cds-services", flush=True)
 
     class Server(BaseApplication):
         def load_config(self):
-            self.cfg.set("bind", f"[{settings.host}]:{settings.port}" if ":" in settings.host
-                         else f"{settings.host}:{settings.port}")
+            self.cfg.set("bind", bind)
             self.cfg.set("workers", settings.workers)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", 4)
             self.cfg.set("timeout", int(settings.fhir_total_timeout) + 30)
             self.cfg.set("accesslog", "-")
+            self.cfg.set("when_ready", when_ready)
             # The access log keeps the path and status only: no query strings, no headers (tokens).
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
 
         def load(self):
             return app
 
-    print(f"lbp-redflags: serving CDS Hooks discovery at http://{settings.host}:{settings.port}/cds-services",
-          flush=True)
     Server().run()
     return 0
 
@@ -207,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the CDS Hooks service (gunicorn)")
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    serve.add_argument("--workers", type=int, default=None, help="gunicorn worker processes (default 2)")
     serve.add_argument("--config", default=None, help="TOML configuration file (or LBP_CONFIG)")
     serve.set_defaults(func=cmd_serve)
 

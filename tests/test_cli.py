@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from cds_service.cli import is_loopback, main
+from cds_service.cli import main
+from cds_service.network import is_loopback
 
 
 def run_cli(*args, env=None, timeout=60):
