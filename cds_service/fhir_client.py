@@ -82,12 +82,14 @@ class FetchResult:
 
 
 class _Failure(Exception):
-    """One key failed; `reason` is safe to show and to log."""
+    """One key failed; `reason` is safe to show on the card, `logged` (no server-supplied text: an
+    OperationOutcome may name the patient) to log."""
 
-    def __init__(self, reason: str, status: int | None = None):
+    def __init__(self, reason: str, status: int | None = None, logged: str | None = None):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.logged = logged or reason
 
 
 class _OutOfTime(Exception):
@@ -344,6 +346,7 @@ class FhirClient:
         started = time.monotonic()
         resource_type = _log_type(relative)
         result = FetchResult(key=key, ok=False)
+        logged = None
         try:
             query = _prepare(base_url, relative, self.settings.fhir_page_size)
             if query.is_search:
@@ -358,6 +361,7 @@ class FhirClient:
         except _Failure as failure:
             result.ok, result.resource = False, None
             result.error, result.status = failure.reason, failure.status or result.status
+            logged = failure.logged
         except _OutOfTime:
             result.ok, result.resource, result.error = False, None, "timed out"
         except Exception as exc:  # never let one key break the others; say what kind, not the URL
@@ -371,7 +375,7 @@ class FhirClient:
             logging.INFO if result.ok else logging.WARNING,
             "FHIR fetch key=%s type=%s status=%s pages=%d truncated=%s elapsed_ms=%d outcome=%s",
             key, resource_type, result.status, result.pages, result.truncated, result.elapsed_ms,
-            "ok" if result.ok else result.error,
+            "ok" if result.ok else logged or result.error,
         )
         return result
 
@@ -534,12 +538,13 @@ def _interpret(response: requests.Response, raw: bytes, relative: str) -> tuple[
     is_resource = isinstance(body, dict) and isinstance(body.get("resourceType"), str) and bool(
         _RESOURCE_TYPE.match(body["resourceType"]))
     if is_resource and body["resourceType"] == "OperationOutcome":
-        raise _Failure(f"HTTP {status} OperationOutcome: {_outcome_summary(body, relative)}", status)
+        raise _Failure(f"HTTP {status} OperationOutcome: {_outcome_summary(body, relative)}", status,
+                       logged=f"HTTP {status} OperationOutcome")
     if status in (401, 403):
         raise _Failure(f"HTTP {status} ({'not authorised' if status == 401 else 'forbidden'})", status)
     if not 200 <= status < 300:
         reason = "rate limited" if status == 429 else (response.reason or "error")
-        raise _Failure(f"HTTP {status} ({_redact(str(reason)[:60], relative)})", status)
+        raise _Failure(f"HTTP {status} ({_redact(str(reason)[:60], relative)})", status, logged=f"HTTP {status}")
     if not is_resource:
         raise _Failure("malformed response (not a FHIR resource)" if body is not None
                        else "malformed response (not JSON)", status)

@@ -195,3 +195,38 @@ def connect_guard():
     blocked = _connect_guard.take()
     if blocked:
         pytest.fail(f"connection(s) outside loopback attempted and blocked: {sorted(set(blocked))}")
+
+
+class AppServer:
+    """An app served in-process on a real loopback socket (werkzeug, threaded).
+
+    For tests that must reach into the app while it serves (an injected clock, a seeded store).
+    """
+
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+
+        self.app = app
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def serve_app():
+    """Factory: serve_app(app) -> AppServer; stopped after the test."""
+    started = []
+
+    def serve(app) -> AppServer:
+        started.append(AppServer(app))
+        return started[-1]
+
+    yield serve
+    for server in started:
+        server.stop()
