@@ -203,3 +203,49 @@ def test_value_set_files_keep_their_formatting(valueset):
     """Formatted as json.dumps(indent=2, ensure_ascii=False) + newline, so parallel edits merge."""
     path, vs = valueset
     assert path.read_text(encoding="utf-8") == json.dumps(vs, indent=2, ensure_ascii=False) + "\n"
+
+
+def _codes_in_use() -> set[tuple[str, str]]:
+    """(system, code) of every SNOMED CT, LOINC, RxNorm and CPT code the value-set and knowledge files use."""
+    root = VALUESET_DIR.parent.parent
+    found: set[tuple[str, str]] = set()
+    for path in FILES:
+        vs = _load(path)
+        found |= {(system, code) for _, system, body in _parts(vs) for code in body.get("codes") or {}}
+        for key in ("roots", "excludeRoots"):
+            found |= {(SNOMED, code) for code in (vs.get("snomed") or {}).get(key) or {}}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("system"), str) and isinstance(node.get("code"), str):
+                found.add((node["system"], node["code"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in [root / "fhir_mappings" / "analytes.json", *sorted((root / "cards" / "knowledge").glob("*.json"))]:
+        walk(_load(path))
+    return {(system, code) for system, code in found if system in {SNOMED, LOINC, RXNORM, CPT}}
+
+
+def test_every_snomed_loinc_rxnorm_and_cpt_code_in_use_has_a_verification_record():
+    record = _load(VALUESET_DIR / "verification" / "codes.json")
+    entries = {(e["system"], e["code"]): e for e in record["codes"]}
+    missing = sorted(_codes_in_use() - set(entries))
+    assert not missing, f"record these codes in valuesets/verification/codes.json: {missing}"
+    for entry in entries.values():
+        assert entry["status"] in {"verified", "secondary", "not-verified"}
+        if entry["status"] == "verified":
+            source = entry["verifiedAgainst"]
+            assert source["publishedDisplay"] and source["valueSet"] and re.fullmatch(r"[0-9a-f]{40}", source["commit"])
+        else:
+            assert entry["note"]
+
+
+def test_corrected_codes_are_recorded_and_gone():
+    record = _load(VALUESET_DIR / "verification" / "codes.json")
+    corrected = {(c["system"], c["code"]) for c in record["corrections"]}
+    assert (SNOMED, "128200000") in corrected
+    assert not corrected & _codes_in_use()
