@@ -1,4 +1,4 @@
-"""lbp-redflags command line: serve | demo | load-fhir | check | valuesets."""
+"""lbp-redflags command line: serve | demo | load-fhir | check."""
 
 from __future__ import annotations
 
