@@ -198,6 +198,24 @@ def cmd_check(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- valuesets
+
+def cmd_valuesets(args) -> int:
+    from fhir_mappings.terminology import all_value_sets
+    from fhir_mappings.valueset_report import report
+
+    names = args.names or all_value_sets()
+    unknown = sorted(set(names) - set(all_value_sets()))
+    if unknown:
+        print(f"lbp-redflags: unknown value set(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    if not args.report:
+        print("\n".join(names))
+        return 0
+    print(report(names))
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--token", default=None, help="bearer token for the FHIR server")
     check.add_argument("--config", default=None)
     check.set_defaults(func=cmd_check)
+
+    valuesets = sub.add_parser("valuesets", help="list the value sets; --report: codes per system and their sources")
+    valuesets.add_argument("names", nargs="*", help="value set ids (default: all)")
+    valuesets.add_argument("--report", action="store_true", help="per concept, codes per code system and where from")
+    valuesets.set_defaults(func=cmd_valuesets)
 
     args = parser.parse_args(argv)
     try:

@@ -13,11 +13,13 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from cards import respond
 from fhir_mappings.record import PatientRecord
+from fhir_mappings.terminology import server_answers
 
 from . import outbound
 from .errors import ServiceError
 from .prefetch import gather
 from .services import SERVICES, discovery
+from .terminology_server import lookups
 from .validation import problems
 
 bp = Blueprint("hooks", __name__)
@@ -151,11 +153,12 @@ def call_service(service_id: str):
     today = datetime.now(UTC).date()
     store = current_app.extensions["lbp_store"]
     patient_id = context["patientId"]
-    response = respond(
-        service.hook, service.id, record, today=today, hook_instance=body["hookInstance"],
-        source_url=settings.source_url or None,
-        accepted_at_select=lambda tier, studies: store.acted_at_order_select(patient_id, tier, studies),
-    )
+    with server_answers(lookups(settings, (record.resources, record.draft_orders))):
+        response = respond(
+            service.hook, service.id, record, today=today, hook_instance=body["hookInstance"],
+            source_url=settings.source_url or None,
+            accepted_at_select=lambda tier, studies: store.acted_at_order_select(patient_id, tier, studies),
+        )
     store.record_cards(service.id, body["hookInstance"], response.get("cards", []), patient_id=patient_id)
 
     log.info("hook=%s hookInstance=%s cards=%d sources=%s elapsed_ms=%.1f", service.hook, body["hookInstance"],
