@@ -25,6 +25,8 @@ import requests
 from fhir_mappings.code_formats import well_formed
 from fhir_mappings.terminology import SNOMED, all_value_sets, normalise_system, value_set
 
+from . import outbound
+
 log = logging.getLogger(__name__)
 
 MAX_CODES = 200  # distinct unlisted SNOMED CT codes asked about per request
@@ -39,17 +41,20 @@ class TerminologyServerError(ValueError):
     """A terminology server URL that cannot be used."""
 
 
-def http_session(base_url: str) -> requests.Session:
-    """The one place the terminology client gets its HTTP session: http(s) only, no credentials in
-    the URL, no proxies from the environment, JSON. (To be switched to the outbound guard.)"""
+def http_session(base_url: str, settings) -> requests.Session:
+    """The one place the terminology client gets its HTTP session: through the outbound guard, with
+    terminology_server as the only allowed prefix (plain http and private addresses as fhir.* allow)."""
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TerminologyServerError(f"terminology_server must be an http or https URL, not {base_url!r}")
     if parts.username or parts.password:
         raise TerminologyServerError("terminology_server must not carry credentials in the URL")
-    session = requests.Session()
-    session.trust_env = False
-    session.max_redirects = 0
+    policy = outbound.policy_for_urls(settings, [base_url], "terminology_server")
+    try:
+        policy.check_url(base_url)
+    except outbound.OutboundRefused as refused:
+        raise TerminologyServerError(f"terminology_server refused: {refused}") from None
+    session = outbound.session(policy)
     session.headers.update({"Accept": "application/fhir+json"})
     return session
 
@@ -90,7 +95,7 @@ class TerminologyServer:
         try:
             return self.session.get(f"{self.base_url}/{path}", params=params, timeout=(remaining, remaining),
                                     allow_redirects=False)
-        except requests.RequestException as exc:
+        except (requests.RequestException, outbound.OutboundError) as exc:
             log.warning("terminology server unreachable: %s", type(exc).__name__)
             return None
 
@@ -201,7 +206,7 @@ def server_for(settings) -> TerminologyServer | None:
     key = (url, float(settings.terminology_timeout), int(settings.terminology_cache_size))
     with _servers_lock:
         if key not in _servers:
-            _servers[key] = TerminologyServer(url, key[1], key[2], http_session(url))
+            _servers[key] = TerminologyServer(url, key[1], key[2], http_session(url, settings))
         return _servers[key]
 
 

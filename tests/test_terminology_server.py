@@ -114,7 +114,7 @@ def stand_in():
 
 
 def terminology(url: str, timeout: float = 5.0) -> TerminologyServer:
-    return TerminologyServer(url, timeout, 1000, http_session(url))
+    return TerminologyServer(url, timeout, 1000, http_session(url, load_settings(env={})))
 
 
 def condition(code: str, display: str | None = None) -> dict:
@@ -191,7 +191,7 @@ def test_an_unreachable_server_changes_nothing(tmp_path):
                                  "not a url"])
 def test_only_plain_http_urls_are_used(url):
     with pytest.raises(TerminologyServerError):
-        http_session(url)
+        http_session(url, load_settings(env={}))
     assert lookups(load_settings(env={}, terminology_server=url), [condition(NEW_CARCINOMA)]) == {}
 
 
