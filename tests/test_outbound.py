@@ -425,3 +425,21 @@ def test_the_fhir_client_uses_the_policy_it_is_given(local, connect_guard):
         fhir.close()
     assert len(local.seen) == 1 and connect_guard.attempts == []
 
+
+
+# ------------------------------------------------------------------------------- the connect guard itself
+
+
+@pytest.mark.parametrize("address", [("10.255.255.1", 80), ("169.254.169.254", 80), ("fe80::1", 80, 0, 0),
+                                     (PUBLIC, 443)])
+def test_the_connect_guard_blocks_and_reports_any_connection_outside_loopback(connect_guard, address):
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock, pytest.raises(OSError, match="connect guard"):
+        sock.connect(address)
+    assert connect_guard.take() == [address[0]]
+
+
+def test_the_connect_guard_lets_loopback_through(local, connect_guard):
+    with socket.create_connection(("127.0.0.1", port_of(local)), timeout=5):
+        pass
+    assert connect_guard.attempts == []
