@@ -443,3 +443,23 @@ def test_the_connect_guard_lets_loopback_through(local, connect_guard):
     with socket.create_connection(("127.0.0.1", port_of(local)), timeout=5):
         pass
     assert connect_guard.attempts == []
+
+
+def test_a_resolver_that_does_not_answer_is_not_waited_for_beyond_the_timeout(connect_guard):
+    release = threading.Event()
+
+    def hanging(host: str, port: int) -> list[str]:
+        release.wait(30)
+        return ["10.0.0.1"]
+
+    try:
+        with pytest.raises(socket.gaierror):
+            policy(resolver=hanging).addresses("ehr.example.org", 443, timeout=0.2)
+        # Not refused when the request arrives (a complete prefetch needs no connection) ...
+        assert policy(resolver=hanging).check_server("https://ehr.example.org/fhir", timeout=0.2).host
+        # ... and unreachable, with nothing sent, when a fetch needs one.
+        with pytest.raises(OutboundError, match="unreachable"):
+            outbound.get_json("https://ehr.example.org/fhir/metadata", policy(resolver=hanging), timeout=0.2)
+    finally:
+        release.set()
+    assert connect_guard.attempts == []
