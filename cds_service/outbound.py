@@ -45,10 +45,12 @@ from __future__ import annotations
 import http.cookiejar
 import ipaddress
 import json
+import os
 import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -422,7 +424,9 @@ class _GuardedSession(requests.Session):
 def session(policy: OutboundPolicy, *, pool_size: int = 10) -> requests.Session:
     """A requests.Session whose every request goes through the guard (see the module docstring)."""
     s = _GuardedSession()
-    s.trust_env = False  # no proxies or .netrc credentials from the environment
+    s.trust_env = False  # no proxies or .netrc credentials from the environment ...
+    # ... but a deployment's own CA bundle (a hospital's internal CA) is still honoured.
+    s.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     s.cookies.set_policy(_NoCookies())
     adapter = _GuardedAdapter(policy, pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
     s.mount("http://", adapter)
@@ -454,14 +458,20 @@ def read_limited(response: requests.Response, max_bytes: int, deadline: float | 
     return b"".join(chunks)
 
 
-_shared: dict[OutboundPolicy, requests.Session] = {}
+_shared: OrderedDict[OutboundPolicy, requests.Session] = OrderedDict()
 _shared_lock = threading.Lock()
+MAX_SHARED_SESSIONS = 32  # policies are built per configured client: a handful in practice
 
 
 def _shared_session(policy: OutboundPolicy) -> requests.Session:
+    """get_json's pooled session for this policy (the least recently used one is closed beyond the bound)."""
     with _shared_lock:
-        if policy not in _shared:
-            _shared[policy] = session(policy)
+        if policy in _shared:
+            _shared.move_to_end(policy)
+            return _shared[policy]
+        _shared[policy] = session(policy)
+        while len(_shared) > MAX_SHARED_SESSIONS:
+            _shared.popitem(last=False)[1].close()
         return _shared[policy]
 
 

@@ -358,6 +358,13 @@ def test_tls_verifies_the_certificate_for_the_name_not_the_pinned_address(tls_se
         guarded.get(f"https://other.test:{port_of(server)}/fhir/Patient/p1", timeout=5)
 
 
+def test_a_deployments_ca_bundle_is_honoured(tls_server, monkeypatch):
+    server, ca_file = tls_server
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_file)
+    guarded = outbound.session(policy(resolver=FakeDns({"ehr.test": ["127.0.0.1"]}), allow_private_networks=True))
+    assert guarded.get(f"https://ehr.test:{port_of(server)}/fhir/Patient/p1", timeout=5).json()["id"] == "p1"
+
+
 def test_a_redirect_to_the_metadata_address_is_not_followed(local, connect_guard):
     url = f"http://127.0.0.1:{port_of(local)}/redirect"
     allowing = policy(allow_private_networks=True)
