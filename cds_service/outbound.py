@@ -194,7 +194,7 @@ def address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
     return None
 
 
-_dns_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="outbound-dns")
+_dns_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="outbound-dns")  # threads start on demand
 
 
 def _resolve_within(resolver: Resolver, host: str, port: int, timeout: float | None) -> Sequence[str]:
