@@ -115,7 +115,7 @@ def fhir_server_policy(settings, fhir_server: str | None) -> outbound.OutboundPo
                                  resolver=current_app.extensions.get("lbp_dns_resolver"))
     if fhir_server:
         try:
-            policy.check_server(fhir_server)
+            policy.check_server(fhir_server, timeout=settings.fhir_connect_timeout)
         except outbound.OutboundRefused as refused:
             log.warning("fhirServer refused (%s) hookInstance=%s", ",".join(refused.kinds), g.get("hook_instance"))
             raise ServiceError(403, f"this service may not call the given fhirServer: {refused.hint or refused.reason}",
