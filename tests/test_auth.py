@@ -67,7 +67,8 @@ def auth(tmp_path, keys, jwks_server, clock, serve_app):
         {"issuer": EHR, "jwks_file": "ehr-jwks.json", "jku_allowed": [jwks_server.url("/jku.json")]},
         {"issuer": TENANTED, "jwks_file": "ehr-jwks.json", "tenants": ["hospital-a", "hospital-b"]},
         {"issuer": ROTATING, "jwks_url": jwks_server.url("/rotating.json")},
-    ], public_base_url=PUBLIC, database_url=f"sqlite:///{tmp_path / 'auth.db'}", rate_limit_per_minute=0)
+    ], public_base_url=PUBLIC, database_url=f"sqlite:///{tmp_path / 'auth.db'}", rate_limit_per_minute=0,
+        fhir={"allow_http": True, "allow_private_networks": True})  # the JWK Set server is on loopback
     settings = load_settings(config, env={})
     app = create_app(settings)
     app.extensions["lbp_auth"].clock = clock
@@ -448,3 +449,24 @@ def test_private_members_of_a_jwks_are_never_used(tmp_path, keys):
 
     private = {**keys["ES384"].public_jwk(), "d": "AAAA"}
     assert "d" not in public_keys({"keys": [private]})[keys["ES384"].kid]
+
+
+def test_jwk_sets_go_through_the_outbound_guard(tmp_path, keys, clock, caplog, jwks_server, serve_app):
+    # A deployment (no [fhir] section): loopback and link-local JWK Set URLs are refused, unconnected.
+    jwks_server.hits.clear()
+    jwks_server.documents["/rotating.json"] = jwks(make_key("ES384", kid="rot-1"))
+    metadata = "http://169.254.169.254/latest/jwks.json"
+    (tmp_path / "ehr-jwks.json").write_text(json.dumps(jwks(keys["ES384"])))
+    config = write_config(tmp_path / "lbp.toml", [
+        {"issuer": ROTATING, "jwks_url": jwks_server.url("/rotating.json")},
+        {"issuer": EHR, "jwks_file": "ehr-jwks.json", "jku_allowed": [metadata]},
+    ], public_base_url=PUBLIC, database_url=f"sqlite:///{tmp_path / 'guard.db'}", rate_limit_per_minute=0)
+    server = serve_app(create_app(load_settings(config, env={})))
+
+    token = Issuer(ROTATING, make_key("ES384", kid="rot-1"), PUBLIC, clock=clock).token("/cds-services")
+    assert_refused(get(server, token), caplog, "unknown kid")
+    token = issuer(keys, clock).token("/cds-services", key=make_key("ES384", kid="elsewhere"),
+                                      header={"jku": metadata})
+    assert_refused(get(server, token), caplog, "unknown kid")
+    assert jwks_server.hits == {}
+    assert caplog.text.count("could not fetch JWK Set") == 2
