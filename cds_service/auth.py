@@ -96,6 +96,7 @@ class _CachedSet:
     keys: dict[str, dict] = field(default_factory=dict)
     fetched_at: float | None = None  # last successful fetch
     tried_at: float | None = None  # last attempt, successful or not
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one fetch at a time per URL
 
 
 class KeyRing:
@@ -139,6 +140,7 @@ class KeyRing:
     def _from_url(self, url: str, kid: str) -> dict | None:
         with self._lock:
             cached = self._cache.setdefault(url, _CachedSet())
+        with cached.lock:  # a slow JWK Set holds up its own client only
             now = self.clock()
             stale = cached.fetched_at is None or now - cached.fetched_at > self.max_age
             if (stale or kid not in cached.keys) and (

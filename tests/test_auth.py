@@ -470,3 +470,40 @@ def test_jwk_sets_go_through_the_outbound_guard(tmp_path, keys, clock, caplog, j
     assert_refused(get(server, token), caplog, "unknown kid")
     assert jwks_server.hits == {}
     assert caplog.text.count("could not fetch JWK Set") == 2
+
+
+def test_the_signing_clients_fhir_servers_decide_which_fhir_server_may_be_named(tmp_path, keys, clock, serve_app,
+                                                                                  connect_guard):
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks(keys["ES384"])))
+    config = write_config(tmp_path / "lbp.toml", [
+        {"issuer": "https://ehr-a.example", "jwks_file": "jwks.json", "fhir_servers": ["https://fhir-a.example/r4"]},
+        {"issuer": "https://ehr-b.example", "jwks_file": "jwks.json", "fhir_servers": ["https://fhir-b.example/r4"]},
+    ], public_base_url=PUBLIC, database_url=f"sqlite:///{tmp_path / 'servers.db'}", rate_limit_per_minute=0)
+    app = create_app(load_settings(config, env={}))
+    app.extensions["lbp_dns_resolver"] = lambda host, port: ["93.184.216.34"]  # a public address; never called
+    server = serve_app(app)
+    example = next(e for e in examples(today()) if e["hook"] == "patient-view")
+    service_id, body = example_request(example)  # complete prefetch: nothing to fetch
+    path = f"/cds-services/{service_id}"
+
+    def call(iss: str, fhir_server: str) -> requests.Response:
+        token = Issuer(iss, keys["ES384"], PUBLIC, clock=clock).token(path)
+        return requests.post(server.base_url + path, json={**body, "fhirServer": fhir_server}, timeout=60,
+                             headers={"Authorization": f"Bearer {token}"})
+
+    assert call("https://ehr-a.example", "https://fhir-a.example/r4").status_code == 200
+    refused = call("https://ehr-a.example", "https://fhir-b.example/r4")
+    assert refused.status_code == 403
+    assert "issuer 'https://ehr-a.example'" in refused.json()["error"]["message"]
+    assert call("https://ehr-b.example", "https://fhir-b.example/r4").status_code == 200
+    assert connect_guard.attempts == []
+
+
+def test_demo_with_a_configuration_file_requiring_auth_still_runs_in_process(tmp_path, keys, capsys):
+    from cds_service.cli import main
+
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks(keys["ES384"])))
+    config = write_config(tmp_path / "lbp.toml", [{"issuer": EHR, "jwks_file": "jwks.json"}], public_base_url=PUBLIC)
+    assert main(["demo", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "error 401" not in out and "CRITICAL" in out
