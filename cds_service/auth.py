@@ -214,7 +214,7 @@ class Authenticator:
         client = self.settings.auth.client(issuer) if isinstance(issuer, str) else None
         if client is None:
             raise AuthFailure("unknown issuer", iss=issuer)
-        if jku is not None and jku not in client.jku_allowed:
+        if jku is not None and jku not in client.jku_allowed and not (client.jwks_url and jku == client.jwks_url):
             raise AuthFailure("jku not allowed", iss=issuer, jku=jku)
         jwk = self.keys.key(client, kid, jku)
         if jwk is None:

@@ -507,3 +507,10 @@ def test_demo_with_a_configuration_file_requiring_auth_still_runs_in_process(tmp
     assert main(["demo", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "error 401" not in out and "CRITICAL" in out
+
+
+def test_a_jku_naming_the_clients_own_jwks_url_is_accepted(auth, clock, jwks_server):
+    client = Issuer(ROTATING, make_key("ES384", kid="rot-1"), PUBLIC, clock=clock)
+    token = client.token("/cds-services", header={"jku": jwks_server.url("/rotating.json")})
+    assert get(auth, token).status_code == 200
+    assert jwks_server.hits["/rotating.json"] == 1  # the configured set, fetched once
