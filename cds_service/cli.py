@@ -113,7 +113,8 @@ def format_cards(response: dict, width: int = 100) -> str:
 def cmd_demo(args) -> int:
     from .app import create_app
 
-    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING")
+    # In-process, run by the operator: no CDS client to authenticate (auth.required applies to serve).
+    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING", auth_required=False)
     client = create_app(settings).test_client()
     from .example_patients import examples
 
@@ -165,7 +166,8 @@ def cmd_load_fhir(args) -> int:
 def cmd_check(args) -> int:
     from .app import create_app
 
-    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING")
+    # In-process, run by the operator: no CDS client to authenticate (auth.required applies to serve).
+    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING", auth_required=False)
     client = create_app(settings).test_client()
     hook = args.hook
     context = {"userId": "Practitioner/check", "patientId": args.patient}
