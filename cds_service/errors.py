@@ -23,6 +23,7 @@ STATUS_CODES = {
     413: "payload-too-large",
     415: "unsupported-media-type",
     500: "internal-error",
+    503: "service-unavailable",
 }
 
 
