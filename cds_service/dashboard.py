@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import io
 import logging
+import math
 from datetime import UTC, date, datetime
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, render_template, request
@@ -183,7 +184,7 @@ def _stacked_bars(days: list[dict], key: str, series: list[str], colours: dict[s
     width, height, left, bottom, top = 760, 220, 40, 36, 28
     plot_w, plot_h = width - left - 10, height - bottom - top
     totals = [sum(day[key].get(s, 0) for s in series) for day in days]
-    peak = max(totals + [1])
+    peak = 4 * math.ceil(max(totals + [1]) / 4)  # four whole-number steps on the axis
     step = plot_w / max(len(days), 1)
     bar = max(step * 0.7, 1)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
@@ -192,7 +193,7 @@ def _stacked_bars(days: list[dict], key: str, series: list[str], colours: dict[s
         value = peak * i / 4
         y = top + plot_h - plot_h * i / 4
         parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{value:.0f}</text>')
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{value:g}</text>')
     for index, day in enumerate(days):
         x = left + index * step + (step - bar) / 2
         y = top + plot_h

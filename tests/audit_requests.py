@@ -76,3 +76,40 @@ def rows(database_url: str, sql: str) -> list:
             return list(conn.execute(text(sql)))
     finally:
         engine.dispose()
+
+
+HOSTILE_COMMENT = '=HYPERLINK("http://evil.example","x") <script>alert(1)</script>'
+
+
+def seed(post) -> None:
+    """A small known history (post(path, body) -> JSON answer), the figures of which SEEDED gives.
+
+    Six patients: four imaging cards at patient-view (one accepted, two overridden 'already imaged',
+    one of them with a hostile comment, one without feedback), one consider card overridden
+    'patient declined', one patient without a card; one order-select imaging card without feedback.
+    """
+    def card_for(prefix, patient):
+        service_id, body = example_body(prefix, patient_id=patient)
+        cards = post(f"/cds-services/{service_id}", body)["cards"]
+        return service_id, (cards[0]["uuid"] if cards else None)
+
+    answers = {}
+    for prefix, patient in ((IMAGING, "dash-a"), (IMAGING, "dash-b"), (IMAGING, "dash-f"), (IMAGING, "dash-g"),
+                            (CONSIDER, "dash-c"), (NO_FLAG, "dash-d"), (ORDER_IMAGING, "dash-e")):
+        answers[patient] = card_for(prefix, patient)
+    view = "/cds-services/lbp-patient-view/feedback"
+    post(view, feedback(answers["dash-a"][1], "accepted"))
+    post(view, feedback(answers["dash-b"][1], "overridden", code="already-imaged", comment=HOSTILE_COMMENT))
+    post(view, feedback(answers["dash-f"][1], "overridden", code="already-imaged"))
+    post(view, feedback(answers["dash-c"][1], "overridden", code="patient-declined"))
+
+
+SEEDED = {
+    "totals": {"calls": 7, "patients": 7, "cards_issued": 6,
+               "feedback": {"accepted": 1, "overridden": 3, "cards_with_feedback": 4}},
+    "imaging": {"shown": 5, "accepted": 1, "overridden": 2, "no_feedback": 2, "acceptance_rate": 0.2,
+                "override_rate": 0.4},
+    "consider": {"shown": 1, "accepted": 0, "overridden": 1, "no_feedback": 0, "acceptance_rate": 0.0,
+                 "override_rate": 1.0},
+    "reasons": [("already-imaged", 2), ("patient-declined", 1)],
+}

@@ -20,7 +20,7 @@ from audit_requests import (
 )
 
 from cds_service.app import create_app
-from cds_service.settings import SettingsError, load_settings
+from cds_service.settings import SettingsError, load_settings, startup_problems
 from cds_service.switches import apply_switches
 
 TOKEN = "switches-test-admin-token"
@@ -94,17 +94,28 @@ def test_a_card_with_another_flag_is_still_shown(tuned):
     assert answer["cards"][0]["extension"]["lbp-redflags"]["redFlags"] == ["cancer-history", "age-50-plus"]
 
 
-@pytest.mark.parametrize("env,named", [
-    ({"LBP_DISABLED_FLAGS": "smoking,neuro-deficit"}, "neuro-deficit cannot be disabled"),
-    ({"LBP_DISABLED_FLAGS": "myeloma"}, "myeloma cannot be disabled"),
-    ({"LBP_DISABLED_TIERS": "imaging"}, "imaging cannot be disabled"),
-    ({"LBP_DISABLED_FLAGS": "no-such-flag"}, "unknown red flag"),
-])
-def test_serve_refuses_a_switch_that_could_hide_an_emergency_and_says_why(tmp_path, env, named):
-    full = {k: v for k, v in os.environ.items() if not k.startswith("LBP_")} | env
+def test_serve_refuses_a_switch_that_could_hide_an_emergency_and_says_why(tmp_path):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LBP_")}
+    full["LBP_DISABLED_FLAGS"] = "smoking,neuro-deficit"
     result = subprocess.run([sys.executable, "-m", "cds_service.cli", "serve", "--port", "1"], env=full,
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and named in result.stderr
+    assert result.returncode == 2 and "neuro-deficit cannot be disabled" in result.stderr
+
+
+@pytest.mark.parametrize("changes,named", [
+    ({"disabled_flags": "myeloma"}, "myeloma cannot be disabled"),
+    ({"disabled_flags": "cancer-history,smoking"}, "cancer-history cannot be disabled"),
+    ({"disabled_tiers": "imaging"}, "imaging cannot be disabled"),
+    ({"disabled_tiers": "emergency"}, "emergency cannot be disabled"),
+    ({"disabled_flags": "no-such-flag"}, "unknown red flag"),
+])
+def test_every_forbidden_switch_is_named_at_start_up(changes, named):
+    assert any(named in problem for problem in startup_problems(load_settings(env={}, **changes)))
+
+
+def test_weak_flags_and_the_consider_tier_may_be_switched_off():
+    settings = load_settings(env={}, disabled_flags="smoking,age-50-plus,night-pain", disabled_tiers="consider")
+    assert startup_problems(settings) == []
 
 
 def test_the_app_itself_refuses_a_forbidden_switch(tmp_path):
