@@ -104,6 +104,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     def readyz():
         """Ready when audit rows can be written: the database answers and its schema is current."""
         ready, why = store.ready()
+        if not ready and settings.migrate_on_start and store.behind:  # the database was down at start-up
+            prepare_schema(store, settings)
+            ready, why = store.ready()
         return jsonify({"status": "ready" if ready else "not ready", "checks": {"database": why}}), \
             200 if ready else 503
 

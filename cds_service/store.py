@@ -208,6 +208,7 @@ class Store:
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._loss_listeners: list[Callable[[int, str], None]] = []
+        self.behind = False  # the database answers but its schema is older than the code (see ready())
 
     # ------------------------------------------------------------ schema
 
@@ -231,7 +232,8 @@ class Store:
             current, head = self.schema_status()
         except SQLAlchemyError as exc:
             return False, f"database unavailable ({exc.__class__.__name__})"
-        if current != head:
+        self.behind = current != head
+        if self.behind:
             return False, f"database schema at {current or 'nothing'}, needs {head}: run `lbp-redflags migrate`"
         self._down_until = 0.0
         return True, "ok"

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import cards
 
+from .store import TIER_RANK
+
 KNOWLEDGE = Path(cards.__file__).parent / "knowledge"
 DISABLEABLE_TIERS = ("consider",)
 SNOOZABLE_TIERS = ("consider", "imaging")
-TIER_RANK = {"none": 0, "consider": 1, "imaging": 2, "emergency": 3}
 NEVER_DISABLED_FLAGS = {
     "neuro-deficit": "raises an emergency (cord or cauda equina compression)",
     "bladder-bowel-dysfunction": "raises an emergency (cauda equina syndrome)",

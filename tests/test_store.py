@@ -44,6 +44,12 @@ def test_migrating_again_changes_nothing(database_url):
     assert store.schema_status() == ("0001", "0001")
 
 
+def test_concurrent_starters_migrate_once_without_failing(database_url):
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        applied = list(pool.map(lambda _: Store(database_url).migrate(), range(4)))
+    assert sorted(applied) == [[], [], [], ["0001"]]
+
+
 def test_the_store_creates_no_table_by_itself(database_url):
     store = Store(database_url)
     assert inspect(store.engine).get_table_names() == []
