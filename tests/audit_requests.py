@@ -69,11 +69,13 @@ def sandbox_feedback(name: str, card_uuid: str) -> dict:
     return body
 
 
-def rows(database_url: str, sql: str) -> list:
+def rows(database_url: str, sql: str, **params) -> list:
+    """The rows of a query (or the rows a statement changed, as [[count]]), committed."""
     engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql)))
+        with engine.begin() as conn:
+            result = conn.execute(text(sql), params)
+            return list(result) if result.returns_rows else [[result.rowcount]]
     finally:
         engine.dispose()
 
@@ -81,7 +83,7 @@ def rows(database_url: str, sql: str) -> list:
 HOSTILE_COMMENT = '=HYPERLINK("http://evil.example","x") <script>alert(1)</script>'
 
 
-def seed(post) -> None:
+def seed(post, suffix: str = "") -> None:
     """A small known history (post(path, body) -> JSON answer), the figures of which SEEDED gives.
 
     Six patients: four imaging cards at patient-view (one accepted, two overridden 'already imaged',
@@ -96,7 +98,7 @@ def seed(post) -> None:
     answers = {}
     for prefix, patient in ((IMAGING, "dash-a"), (IMAGING, "dash-b"), (IMAGING, "dash-f"), (IMAGING, "dash-g"),
                             (CONSIDER, "dash-c"), (NO_FLAG, "dash-d"), (ORDER_IMAGING, "dash-e")):
-        answers[patient] = card_for(prefix, patient)
+        answers[patient] = card_for(prefix, patient + suffix)
     view = "/cds-services/lbp-patient-view/feedback"
     post(view, feedback(answers["dash-a"][1], "accepted"))
     post(view, feedback(answers["dash-b"][1], "overridden", code="already-imaged", comment=HOSTILE_COMMENT))

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
-from audit_requests import SEEDED, seed
+from audit_requests import SEEDED, rows, seed
 
 TOKEN = "browser-test-admin-token"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -26,15 +27,23 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def seeded_service(start_service):
-    service = start_service(admin_token=TOKEN)
+def seeded_service(start_service, tmp_path_factory):
+    """Three rounds of the seeded history: 6 days ago, 3 days ago and today."""
+    database = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'audit.db'}"
+    service = start_service(admin_token=TOKEN, database_url=database)
 
     def post(path, body):
         response = requests.post(service.base_url + path, json=body, timeout=60)
         assert response.status_code == 200, response.text
         return response.json()
 
-    seed(post)
+    for days_ago in (6, 3, 0):
+        seed(post, suffix=f"-{days_ago}")
+        if days_ago:
+            now = datetime.now(UTC).replace(tzinfo=None)  # SQLite keeps UTC without an offset
+            shift = {"when": now - timedelta(days=days_ago), "recent": now - timedelta(hours=1)}
+            rows(database, "UPDATE hook_calls SET called_at = :when WHERE called_at > :recent", **shift)
+            rows(database, "UPDATE issued_cards SET issued_at = :when WHERE issued_at > :recent", **shift)
     return service
 
 
@@ -43,7 +52,9 @@ def test_the_dashboard_shows_the_figures_of_the_data_in_a_browser(seeded_service
 
     figures = requests.get(seeded_service.base_url + "/dashboard/data.json", timeout=30,
                            headers={"Authorization": f"Bearer {TOKEN}"}).json()
-    assert {k: figures["totals"][k] for k in SEEDED["totals"]} == SEEDED["totals"]
+    assert figures["totals"]["cards_issued"] == 3 * SEEDED["totals"]["cards_issued"]
+    assert figures["totals"]["feedback"]["overridden"] == 3 * SEEDED["totals"]["feedback"]["overridden"]
+    assert [d["tier"]["imaging"] for d in figures["cards_over_time"] if d["tier"]["imaging"]] == [5, 5, 5]
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     with sync_playwright() as playwright:

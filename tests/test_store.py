@@ -209,3 +209,21 @@ def test_cards_go_out_when_the_sqlite_file_cannot_be_opened(tmp_path, caplog):
     assert client.get("/readyz").status_code == 503
     assert app.extensions["lbp_store"].lost_rows == 2
     assert "audit rows lost" in caplog.text
+
+
+def test_serve_applies_retention_days_in_the_background(tmp_path):
+    from cds_service.cli import start_retention
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    store = migrated(url)
+    store.record_call(CallRecord("lbp-patient-view", "patient-view", "old", "p1", [card("c-old")]))
+    store.record_call(CallRecord("lbp-patient-view", "patient-view", "new", "p1", [card("c-new")]))
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE hook_calls SET called_at = :t WHERE hook_instance = 'old'"),
+                     {"t": datetime.now(UTC) - timedelta(days=40)})
+    start_retention(store, retention_days=30)
+    deadline = time.monotonic() + 20
+    while rows(url, "SELECT COUNT(*) FROM hook_calls")[0][0] != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [r[0] for r in rows(url, "SELECT hook_instance FROM hook_calls")] == ["new"]
+    assert [r[0] for r in rows(url, "SELECT uuid FROM issued_cards")] == ["c-new"]
