@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, inspect, text
 from cds_service.app import create_app
 from cds_service.cli import main
 from cds_service.settings import load_settings
-from cds_service.store import CallRecord, SchemaError, Store, metadata
+from cds_service.store import CallRecord, SchemaError, Store, UnknownCards, metadata
 
 
 def migrated(database_url: str) -> Store:
@@ -86,6 +86,23 @@ def test_a_failed_card_write_leaves_no_half_call_and_is_counted(database_url):
     assert rows(database_url, "SELECT COUNT(*) FROM hook_calls")[0][0] == 0
     assert rows(database_url, "SELECT COUNT(*) FROM issued_cards")[0][0] == 0
     assert store.lost_rows == 3 and lost == [3]
+
+
+def test_feedback_is_stored_once_per_card_outcome_and_time_and_only_for_cards_shown(database_url):
+    store = migrated(database_url)
+    store.record_call(CallRecord("lbp-patient-view", "patient-view", "h", "p1", [card("c-1"), card("c-2")],
+                                 held_back={"c-2": "silent"}, client_issuer="https://ehr.example"))
+    item = feedback("c-1", "overridden", when="2026-11-24T03:46:53.670Z", code="already-imaged")["feedback"][0]
+    same = dict(item, outcomeTimestamp="2026-11-24T03:46:53.670+00:00")
+    assert store.record_feedback("lbp-patient-view", [item, same], "https://ehr.example") == (1, 1)
+    assert store.record_feedback("lbp-patient-view", [item], "https://ehr.example") == (0, 1)
+    for service, uuid, issuer in (("lbp-patient-view", "c-2", "https://ehr.example"),  # held back: never shown
+                                  ("lbp-encounter-start", "c-1", "https://ehr.example"),  # another service's
+                                  ("lbp-patient-view", "c-1", "https://other-ehr.example")):  # another client's
+        with pytest.raises(UnknownCards):
+            store.record_feedback(service, [dict(item, card=uuid, outcome="accepted")], issuer)
+    stored = store.feedback_for("c-1")
+    assert len(stored) == 1 and stored[0]["rules_version"] == "test-1"
 
 
 def test_patients_are_stored_only_as_keyed_hashes(database_url):
