@@ -172,11 +172,12 @@ def make_engine(database_url: str) -> Engine:
     url = _normalised_url(database_url)
     kwargs: dict = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 15}
         if url in ("sqlite://", "sqlite:///:memory:"):
             kwargs["poolclass"] = StaticPool  # one shared in-memory database
     elif url.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": 3, "options": "-c timezone=UTC"}
+        kwargs["connect_args"] = {"connect_timeout": 3,
+                                  "options": "-c timezone=UTC -c statement_timeout=15000 -c lock_timeout=10000"}
         kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10)
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
@@ -186,7 +187,7 @@ def make_engine(database_url: str) -> Engine:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA busy_timeout=15000")  # every wait has a limit: a lost row, not a stuck card
             cursor.close()
 
         @event.listens_for(engine, "begin")
