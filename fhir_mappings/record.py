@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# LOINC value sets whose Observations the service reads (labs, vitals, smoking status).
-OBSERVATION_VALUE_SETS = (
-    "body-weight",
-    "body-temperature",
-    "calcium-total",
-    "calcium-ionized",
-    "hemoglobin",
-    "hematocrit",
-    "esr",
-    "psa",
-    "alkaline-phosphatase",
-    "smoking-status",
-)
+RESOURCE_TYPES = ("Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
+                  "MedicationStatement", "MedicationAdministration", "Medication")
 
-RESOURCE_TYPES = ("Condition", "Observation", "Encounter", "Procedure", "MedicationRequest")
+# Observation categories (http://terminology.hl7.org/CodeSystem/observation-category) the clinical core
+# reads, each searched on its own: US Core servers answer patient+category, and several refuse a
+# search by patient alone.
+OBSERVATION_CATEGORIES = ("laboratory", "vital-signs", "social-history", "survey", "exam")
+# Results and answers that describe the patient only while recent: lab results, vital signs and
+# questionnaire answers older than this are not read, whether they came in prefetch or were fetched
+# (fetch mode asks for them with date=ge, so both modes read the same record). Exam findings, smoking
+# status, conditions, procedures and medications have no window: they can show a cancer history.
+RECENT_OBSERVATION_DAYS = 730
+RECENT_ONLY_CATEGORIES = ("laboratory", "vital-signs", "survey")
 
 
 @dataclass

@@ -14,14 +14,16 @@ SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CPT = "http://www.ama-assn.org/go/cpt"
-SYSTEMS = {ICD10CM, SNOMED, LOINC, RXNORM, CPT}
+HCPCS = "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
+SYSTEMS = {ICD10CM, SNOMED, LOINC, RXNORM, CPT, HCPCS}
 
 ICD_RE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
 LOINC_RE = re.compile(r"^\d{1,6}-\d$")
 SNOMED_RE = re.compile(r"^\d{6,18}$")
 RXNORM_RE = re.compile(r"^\d+$")
 CPT_RE = re.compile(r"^\d{4}[0-9A-Z]$")
-CODE_RE = {ICD10CM: ICD_RE, LOINC: LOINC_RE, SNOMED: SNOMED_RE, RXNORM: RXNORM_RE, CPT: CPT_RE}
+HCPCS_RE = re.compile(r"^[A-V][0-9]{4}$")
+CODE_RE = {ICD10CM: ICD_RE, LOINC: LOINC_RE, SNOMED: SNOMED_RE, RXNORM: RXNORM_RE, CPT: CPT_RE, HCPCS: HCPCS_RE}
 
 # Codes known to be wrong for the concepts they are sometimes given for:
 # 271594007 is Syncope (not saddle anaesthesia); 24531-6 is US retroperitoneum (not a lumbar MRI).
