@@ -20,7 +20,7 @@ from .services import (
     LEGACY_TEMPLATES,
     REQUIRED_KEYS,
     UNCATEGORISED_KEY,
-    fetch_query,
+    fetch_queries,
     observation_keys,
     prefetch_templates,
 )
@@ -120,7 +120,8 @@ def gather(body: dict, fetcher=None, today: date | None = None) -> Gathered:
     fhir_server = body.get("fhirServer")
     token = (body.get("fhirAuthorization") or {}).get("access_token")
     gathered = Gathered()
-    to_fetch: dict[str, str] = {}
+    to_fetch: dict[str, str] = {}  # fetcher key -> query; a key cut into date slices has one per slice
+    parts: dict[str, list[str]] = {}  # prefetch key -> its fetcher keys
     failures: dict[str, str] = {}
     usable: dict[str, int] = {}  # per key: resources read
     unreadable_only: dict[str, bool] = {}  # per key: entries came that could not be read
@@ -139,12 +140,15 @@ def gather(body: dict, fetcher=None, today: date | None = None) -> Gathered:
         if slot.status == "paged":
             if fhir_server and slot.next_url and under_base(slot.next_url, fhir_server):
                 to_fetch[key] = slot.next_url  # the client fetches it and the pages after it
+                parts[key] = [key]
             else:
                 failures[key] = "only the first page of results was provided"
         elif slot.status in ("absent", "error"):
-            query = fetch_query(key, template, context, today)
-            if fhir_server and query:
-                to_fetch[key] = query
+            queries = fetch_queries(key, template, context, today)
+            if fhir_server and queries:
+                parts[key] = [key] if len(queries) == 1 else [f"{key} {i + 1}/{len(queries)}"
+                                                               for i in range(len(queries))]
+                to_fetch.update(zip(parts[key], queries, strict=True))
             else:
                 failures[key] = slot.error or "not provided in prefetch and no fhirServer to fetch it from"
 
@@ -157,26 +161,27 @@ def gather(body: dict, fetcher=None, today: date | None = None) -> Gathered:
 
     if to_fetch and fetcher is not None:
         results = fetcher(fhir_server, to_fetch, token)
-        for key in to_fetch:
-            result = results.get(key)
-            if result is None or not result.ok:
-                failures[key] = _fetch_failure(key, result)
-                continue
-            resource = result.resource or {}
-            if resource.get("resourceType") == "Bundle":
-                entries, unreadable = _entries(resource)
-                gathered.resources.extend(entries)
-                usable[key] = usable.get(key, 0) + len(entries)
-                unreadable_only[key] = unreadable_only.get(key, False) or bool(unreadable)
-                if unreadable:
-                    failures[key] = f"{unreadable} unreadable entr{'y' if unreadable == 1 else 'ies'} skipped"
-                if getattr(result, "truncated", False):
-                    failures[key] = "only part of the results could be fetched (page limit)"
-            else:
-                gathered.resources.append(resource)
-            gathered.sources.setdefault(key, "fetched")
+        for key, fetched_as in parts.items():
+            for part in fetched_as:
+                result = results.get(part)
+                if result is None or not result.ok:
+                    failures.setdefault(key, _fetch_failure(key, result))
+                    continue
+                resource = result.resource or {}
+                if resource.get("resourceType") == "Bundle":
+                    entries, unreadable = _entries(resource)
+                    gathered.resources.extend(entries)
+                    usable[key] = usable.get(key, 0) + len(entries)
+                    unreadable_only[key] = unreadable_only.get(key, False) or bool(unreadable)
+                    if unreadable:
+                        failures[key] = f"{unreadable} unreadable entr{'y' if unreadable == 1 else 'ies'} skipped"
+                    if getattr(result, "truncated", False):
+                        failures[key] = "only part of the results could be fetched (page limit)"
+                else:
+                    gathered.resources.append(resource)
+                gathered.sources.setdefault(key, "fetched")
     elif to_fetch:
-        for key in to_fetch:
+        for key in parts:
             failures.setdefault(key, "fetching from the FHIR server is not available")
 
     # Required data that came but could not be read at all is as missing as data that never came.

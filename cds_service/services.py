@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache
 
-from fhir_mappings.record import OBSERVATION_CATEGORIES, RECENT_OBSERVATION_DAYS, RECENT_ONLY_CATEGORIES
+from fhir_mappings.record import OBSERVATION_CATEGORIES, RECENT_OBSERVATION_DAYS, UNWINDOWED_CATEGORIES
 
 # Prefetch keys the clinical core reads. Patient and Conditions are required: without them
 # applicability (does this patient have low back pain?) cannot be decided.
@@ -20,13 +20,15 @@ _PATIENT = "patient={{context.patientId}}"
 _OBSERVATION_KEYS = {"labs": "laboratory", "vitalSigns": "vital-signs", "socialHistory": "social-history",
                      "survey": "survey", "examObservations": "exam"}
 assert set(_OBSERVATION_KEYS.values()) == set(OBSERVATION_CATEGORIES)
-# Keys holding data that describes the patient only while recent: fetch mode asks for them with
-# date=ge (the findings reader ignores older ones whichever way they came).
-WINDOWED_KEYS = tuple(k for k, category in _OBSERVATION_KEYS.items() if category in RECENT_ONLY_CATEGORIES)
 # Observations with no category (a symptom typed into a flowsheet) can only be found by a search on
 # the patient alone, which US Core does not require and several servers refuse (400/403): it goes
 # last, and a refusal is reported as "not checked", never as a failure of the call.
 UNCATEGORISED_KEY = "allObservations"
+# Keys holding data that describes the patient only while recent (labs, vital signs, survey answers,
+# and what the search without category adds: symptoms): fetch mode asks for them with date=ge, and the
+# findings reader ignores older ones whichever way they came.
+WINDOWED_KEYS = (*(k for k, category in _OBSERVATION_KEYS.items() if category not in UNWINDOWED_CATEGORIES),
+                 UNCATEGORISED_KEY)
 
 
 def observation_keys() -> dict[str, str]:
@@ -76,8 +78,31 @@ def fetch_query(key: str, template: str, context: dict, today: date) -> str | No
     path, _, params = query.partition("?")
     kept = [p for p in params.split("&") if p and not p.startswith("_count=")]
     if key in WINDOWED_KEYS:
-        kept.insert(2, f"date=ge{(today - timedelta(days=RECENT_OBSERVATION_DAYS)).isoformat()}")
+        since = today - timedelta(days=RECENT_OBSERVATION_DAYS)
+        kept.insert(2 if "category=" in query else 1, f"date=ge{since.isoformat()}")
     return f"{path}?{'&'.join(kept)}" if kept else path
+
+
+# Keys that fill many pages on a large record (results pile up by the hundred a year). Fetch mode cuts
+# their window into slices searched in parallel, newest first: pages of one search come one after the
+# other, so a single search of 1,500 Observations would be the slowest part of every call.
+SLICED_KEYS = ("labs", "vitalSigns", UNCATEGORISED_KEY)
+SLICES = 4
+
+
+def fetch_queries(key: str, template: str, context: dict, today: date) -> list[str]:
+    """fetch_query, cut into SLICES date ranges (newest first) for SLICED_KEYS; [] when it cannot be filled."""
+    query = fetch_query(key, template, context, today)
+    if query is None:
+        return []
+    if key not in SLICED_KEYS:
+        return [query]
+    since = today - timedelta(days=RECENT_OBSERVATION_DAYS)
+    bounds = [since + timedelta(days=round(i * RECENT_OBSERVATION_DAYS / SLICES)) for i in range(SLICES)]
+    ranges = [f"date=ge{bounds[-1].isoformat()}"]
+    ranges += [f"date=ge{lo.isoformat()}&date=lt{hi.isoformat()}"
+               for lo, hi in reversed(list(zip(bounds, bounds[1:], strict=False)))]
+    return [query.replace(f"date=ge{since.isoformat()}", dates) for dates in ranges]
 
 
 # What each prefetch key holds, in words a clinician reads on a card when it is missing.

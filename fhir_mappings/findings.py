@@ -9,9 +9,9 @@ This module knows FHIR shapes, statuses, dates, codes and units; it makes no cli
 - MedicationRequest / Procedure / Encounter: entered-in-error, cancelled, not-done are ignored;
   MedicationStatement entered-in-error, not-taken and intended; MedicationAdministration
   entered-in-error and not-done.
-- Lab results, vital signs and questionnaire answers older than RECENT_OBSERVATION_DAYS are not
-  read (fetch mode does not ask for them either); an encounter on the day of the request is never
-  an earlier visit.
+- Observations older than RECENT_OBSERVATION_DAYS are not read (fetch mode does not ask for them
+  either), unless categorised exam or social-history; lab results and vital signs never are. An
+  encounter on the day of the request is never an earlier visit.
 Odd data is skipped and named in ``Facts.unavailable`` rather than failing the call: a panel with
 no results, a Medication reference that cannot be resolved, an answer too large to read.
 """
@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
-from .record import RECENT_OBSERVATION_DAYS, RECENT_ONLY_CATEGORIES, PatientRecord
+from .record import RECENT_OBSERVATION_DAYS, UNWINDOWED_CATEGORIES, PatientRecord
 from .terminology import coding_label, value_set
 from .units import quantity_value
 
@@ -525,8 +525,16 @@ def _too_large(observation: dict) -> str | None:
 
 
 def _too_old(observation: dict, today: date) -> bool:
-    when = _effective(observation)
-    return when is not None and when < today - timedelta(days=RECENT_OBSERVATION_DAYS)
+    """Older than the window by effective[x] (what a server's date search reads; US Core requires it on
+    labs, vital signs and survey answers). Without effective[x] a search with date=ge never returns it,
+    so it is not read from prefetch either."""
+    period = observation.get("effectivePeriod") if isinstance(observation.get("effectivePeriod"), dict) else {}
+    if parse_date(period.get("start")) and not period.get("end"):
+        return False  # still going on
+    when = (parse_date(observation.get("effectiveDateTime"), end=True)
+            or parse_date(observation.get("effectiveInstant"), end=True)
+            or parse_date(period.get("end"), end=True))
+    return when is None or when < today - timedelta(days=RECENT_OBSERVATION_DAYS)
 
 
 def _interpretation_side(observation: dict) -> str | None:
@@ -556,7 +564,7 @@ def _read_observation(obs: dict, facts: Facts, readings: _Readings) -> list:
     if too_large:
         facts.unavailable.append(f"{_ref(obs)}: {too_large}, not read")
         return []
-    recent_only = bool(_categories(obs) & set(RECENT_ONLY_CATEGORIES))
+    recent_only = not _categories(obs) & set(UNWINDOWED_CATEGORIES)
     parts = _component_observations(obs)
     if _has_value(obs) or not (parts or obs.get("hasMember")):
         parts.insert(0, obs)  # a panel's own code names the panel (or the questionnaire), not a finding

@@ -11,12 +11,14 @@ RESOURCE_TYPES = ("Condition", "Observation", "Encounter", "Procedure", "Medicat
 # reads, each searched on its own: US Core servers answer patient+category, and several refuse a
 # search by patient alone.
 OBSERVATION_CATEGORIES = ("laboratory", "vital-signs", "social-history", "survey", "exam")
-# Results and answers that describe the patient only while recent: lab results, vital signs and
-# questionnaire answers older than this are not read, whether they came in prefetch or were fetched
-# (fetch mode asks for them with date=ge, so both modes read the same record). Exam findings, smoking
-# status, conditions, procedures and medications have no window: they can show a cancer history.
+# Observations describe the patient only while recent, except exam findings and social history (smoking,
+# injection drug use), which have their own unwindowed searches: lab results, vital signs, questionnaire
+# answers and Observations without a category (symptoms typed into a flowsheet) older than this are not
+# read, whether they came in prefetch or were fetched (fetch mode asks for them with date=ge, so both
+# modes read the same record). Nothing read from an Observation shows a cancer history; conditions,
+# procedures and medications have no window.
 RECENT_OBSERVATION_DAYS = 730
-RECENT_ONLY_CATEGORIES = ("laboratory", "vital-signs", "survey")
+UNWINDOWED_CATEGORIES = ("social-history", "exam")
 
 
 @dataclass

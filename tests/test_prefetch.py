@@ -51,19 +51,43 @@ def test_absent_optional_keys_without_fhir_server_are_reported_missing():
 def test_absent_keys_are_fetched_from_the_fhir_server_with_the_context_filled_in():
     fetcher = Fetcher({"labs": Result(EMPTY)})
     gather(body({"patient": PATIENT, "conditions": EMPTY}, fhirServer=SERVER), fetcher, TODAY)
-    assert fetcher.asked["labs"] == "Observation?patient=p1&category=laboratory&date=ge2024-11-30&_sort=-date"
-    assert set(fetcher.asked) == OPTIONAL
+    assert fetcher.asked["survey"] == "Observation?patient=p1&category=survey&date=ge2024-11-30&_sort=-date"
+    assert {key.split(" ")[0] for key in fetcher.asked} == OPTIONAL
 
 
-def test_fetch_mode_windows_only_labs_vital_signs_and_survey_answers():
+def test_large_searches_are_cut_into_date_slices_fetched_in_parallel_newest_first():
+    fetcher = Fetcher({})
+    gather(body({"patient": PATIENT, "conditions": EMPTY}, fhirServer=SERVER), fetcher, TODAY)
+    assert [query for key, query in fetcher.asked.items() if key.startswith("labs")] == [
+        "Observation?patient=p1&category=laboratory&date=ge2026-06-01&_sort=-date",
+        "Observation?patient=p1&category=laboratory&date=ge2025-11-30&date=lt2026-06-01&_sort=-date",
+        "Observation?patient=p1&category=laboratory&date=ge2025-05-31&date=lt2025-11-30&_sort=-date",
+        "Observation?patient=p1&category=laboratory&date=ge2024-11-30&date=lt2025-05-31&_sort=-date"]
+    assert [key for key in fetcher.asked if key.startswith("allObservations")] == [
+        f"allObservations {i}/4" for i in range(1, 5)]
+
+
+def test_slices_are_merged_and_one_failed_slice_makes_the_key_incomplete():
+    def bundle(ident):
+        return dict(EMPTY, entry=[{"resource": {"resourceType": "Observation", "id": ident}}])
+    fetcher = Fetcher({"labs 1/4": Result(bundle("new")), "labs 2/4": Result(bundle("older")),
+                       "labs 3/4": Result(ok=False, error="timed out"), "labs 4/4": Result(EMPTY)})
+    gathered = gather(body({"patient": PATIENT, **{k: v for k, v in ALL_NULL.items() if k != "labs"}},
+                           fhirServer=SERVER), fetcher, TODAY)
+    assert [r["id"] for r in gathered.resources if r["resourceType"] == "Observation"] == ["new", "older"]
+    assert gathered.unavailable == ["laboratory results: timed out"]
+
+
+def test_fetch_mode_windows_only_recent_only_observations():
     fetcher = Fetcher({"conditions": Result(EMPTY)})
     gather(body({"patient": PATIENT}, fhirServer=SERVER), fetcher, TODAY)
-    windowed = {key for key, query in fetcher.asked.items() if "date=ge2024-11-30" in query}
-    assert windowed == {"labs", "vitalSigns", "survey"}
+    windowed = {key.split(" ")[0] for key, query in fetcher.asked.items() if "date=ge" in query}
+    assert windowed == {"labs", "vitalSigns", "survey", "allObservations"}
     assert fetcher.asked["conditions"] == "Condition?patient=p1"
     assert fetcher.asked["socialHistory"] == "Observation?patient=p1&category=social-history&_sort=-date"
-    assert fetcher.asked["allObservations"] == "Observation?patient=p1&_sort=-date"
-    assert list(fetcher.asked)[-1] == "allObservations"
+    assert fetcher.asked["allObservations 4/4"] == (
+        "Observation?patient=p1&date=ge2024-11-30&date=lt2025-05-31&_sort=-date")
+    assert list(fetcher.asked)[-1] == "allObservations 4/4"
 
 
 def test_every_search_template_is_bounded_and_observations_come_newest_first():
@@ -80,7 +104,8 @@ def test_every_search_template_is_bounded_and_observations_come_newest_first():
 
 @pytest.mark.parametrize("status", [400, 403])
 def test_a_refused_search_without_category_is_not_checked_not_a_failure(status):
-    fetcher = Fetcher({"allObservations": Result(ok=False, error=f"HTTP {status} (refused)", status=status)})
+    fetcher = Fetcher({f"allObservations {i}/4": Result(ok=False, error=f"HTTP {status} (refused)", status=status)
+                       for i in range(1, 5)})
     gathered = gather(body({"patient": PATIENT, **{k: v for k, v in ALL_NULL.items() if k != "allObservations"},
                             "conditions": EMPTY}, fhirServer=SERVER), fetcher, TODAY)
     assert gathered.unavailable == [
