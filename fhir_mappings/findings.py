@@ -560,11 +560,13 @@ def _read_observation(obs: dict, facts: Facts, readings: _Readings) -> list:
     status = obs.get("status")
     if status not in USABLE_OBSERVATION:
         return []
+    recent_only = not _categories(obs) & set(UNWINDOWED_CATEGORIES)
+    if recent_only and _too_old(obs, facts.today):
+        return []  # describes the patient of years ago (and fetch mode does not ask for it)
     too_large = _too_large(obs)
     if too_large:
         facts.unavailable.append(f"{_ref(obs)}: {too_large}, not read")
         return []
-    recent_only = not _categories(obs) & set(UNWINDOWED_CATEGORIES)
     parts = _component_observations(obs)
     if _has_value(obs) or not (parts or obs.get("hasMember")):
         parts.insert(0, obs)  # a panel's own code names the panel (or the questionnaire), not a finding

@@ -116,3 +116,13 @@ def test_an_exam_finding_has_no_window():
 
 def test_an_ongoing_effective_period_is_recent():
     assert facts_of(symptom(effectivePeriod={"start": "2020-01-01"})).having("urinary-retention") != []
+
+
+def test_an_old_panel_without_results_is_neither_read_nor_reported():
+    # Fetch mode never asks for it (date=ge), so prefetch must not report it either.
+    panel = {"resourceType": "Observation", "id": "o1", "status": "final", "subject": {"reference": "Patient/p1"},
+             "category": [{"coding": [{"code": "laboratory"}]}], "effectiveDateTime": "2020-01-01",
+             "code": {"coding": [{"system": "http://loinc.org", "code": "58410-2"}]}}
+    assert facts_of(panel).unavailable == []
+    assert facts_of({**panel, "effectiveDateTime": "2026-11-01"}).unavailable == [
+        "Observation/o1: CBC panel - Blood by Automated count without results, not read"]
