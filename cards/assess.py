@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from functools import cache
 from pathlib import Path
 
@@ -65,6 +65,7 @@ class Assessment:
     probability: float | None = None  # estimated post-test probability of malignancy
     probability_note: str = ""
     unavailable: list[str] = field(default_factory=list)
+    older_labs: list[Evidence] = field(default_factory=list)  # abnormal, too old to set a flag
 
     @property
     def flag_ids(self) -> list[str]:
@@ -80,13 +81,32 @@ class Assessment:
 
 # ---------------------------------------------------------------- helpers
 
+def _days_ago(day: date | None, facts: Facts) -> int | None:
+    return None if day is None else (facts.today - day).days
+
+
+def _episode_within(facts: Facts, days: float) -> bool:
+    """Whether the current LBP episode began within the last ``days`` days."""
+    age = _days_ago(facts.lbp_onset, facts)
+    return age is not None and age <= days
+
+
+def _within(day: date | None, facts: Facts, days: float, episode_days: float | None = None) -> bool:
+    """On or after ``today - days``, or inside the current episode when it began within ``episode_days``."""
+    age = _days_ago(day, facts)
+    if age is None:
+        return False
+    if age <= days:
+        return True
+    return episode_days is not None and _episode_within(facts, episode_days) and day >= facts.lbp_onset
+
+
 def _is_new(finding: Finding, facts: Facts) -> bool:
-    """'New' = onset in the current LBP episode or the last 30 days; unknown onset counts as new."""
+    """'New' (issue 13): onset in the last 90 days, or in the current LBP episode when that episode
+    began within 12 months; an unknown onset counts as new, so a missing date never hides an emergency."""
     if finding.onset is None:
         return True
-    recent = facts.today - timedelta(days=int(threshold("new_symptom_days")))
-    episode = facts.lbp_onset
-    return finding.onset >= recent or (episode is not None and finding.onset >= episode)
+    return _within(finding.onset, facts, threshold("new_symptom_days"), threshold("new_symptom_episode_days"))
 
 
 def _current(findings: list[Finding]) -> list[Finding]:
@@ -193,14 +213,24 @@ def _derived_weight_loss(facts: Facts) -> Evidence | None:
 
 
 def failure_to_improve_flag(facts: Facts, flags: dict, lbp_days: int | None) -> None:
+    """LBP for 4 weeks or more despite treatment, in an episode that began within 12 months; in a
+    longer (chronic) episode only when the record says the pain is worsening in the last 90 days."""
     if lbp_days is None or lbp_days < threshold("failure_to_improve_days"):
+        return
+    worsening = [f for f in facts.having("pain-worsening")
+                 if _within(max((d for d in (f.onset, f.recorded) if d), default=None), facts,
+                            threshold("worsening_days"))]
+    chronic = lbp_days > threshold("failure_to_improve_episode_days")
+    if chronic and not worsening:
         return
     start = facts.lbp_onset
     in_episode = [f for f in facts.having("analgesic-treatment", "physiotherapy")
                   if start is None or f.onset is None or f.onset >= start]
     in_episode += [e for e in facts.lbp_encounters if start is None or (e.onset and e.onset >= start)]
+    if in_episode and chronic:
+        in_episode += worsening
     _flag(flags, "failure-to-improve", [f.evidence for f in in_episode],
-          note=f"low back pain for {lbp_days // 7} weeks despite treatment")
+          note=f"low back pain for {lbp_days // 7} weeks despite treatment" + ("; worsening" if chronic else ""))
 
 
 def neuro_flags(facts: Facts, flags: dict, qualifying_cancer: bool) -> list[str]:
@@ -242,13 +272,13 @@ def symptom_flags(facts: Facts, flags: dict) -> None:
 
 
 def fever_flag(facts: Facts, flags: dict) -> None:
-    since = facts.today - timedelta(days=int(threshold("fever_lookback_days")))
-    if facts.lbp_onset and facts.lbp_onset < since:
-        since = facts.lbp_onset
+    """A temperature ≥ 38 °C taken in the last 30 days, or in an episode that began within 90 days."""
+    days, episode_days = threshold("fever_lookback_days"), threshold("fever_episode_days")
     cutoff = threshold("fever_cel")
     hot = [t.evidence for t in facts.series.get("body-temperature", [])
-           if t.value >= cutoff and (t.evidence.date is None or t.evidence.date >= since)]
-    coded = [f.evidence for f in facts.having("fever") if f.active and _is_new(f, facts)]
+           if t.value >= cutoff and (t.evidence.date is None or _within(t.evidence.date, facts, days, episode_days))]
+    coded = [f.evidence for f in facts.having("fever")
+             if f.active and (f.onset is None or _within(f.onset, facts, days, episode_days))]
     _flag(flags, "fever", hot + coded, note=f"≥ {cutoff:g} °C")
 
 
@@ -265,41 +295,64 @@ def _describe(what: str, name: str) -> str:
     return f"{what} {symbol} {item['value']:g}{'' if unit == '%' else ' '}{unit}".rstrip()
 
 
-def _graded(flags: dict, flag_id: str, result, weak: str, strong: str | None, what: str) -> None:
-    """Flag a lab beyond its weak threshold; beyond the strong one it counts alone for imaging."""
+def _graded(flags: dict, older: list, facts: Facts, flag_id: str, result, weak: str, strong: str | None,
+            what: str) -> None:
+    """The newest usable result decides. Beyond the weak threshold it flags when it is from the last
+    90 days; beyond the strong one it counts alone for imaging for 12 months ("not repeated since").
+    An abnormal result older than that sets no flag and is kept in ``older`` for the card."""
     if result is None or not _beyond(result.value, weak):
         return
+    age = _days_ago(result.evidence.date, facts)
+    weak_days, strong_days = threshold("lab_weak_days"), threshold("lab_strong_days")
     is_strong = strong is not None and _beyond(result.value, strong)
-    note = _describe(what, strong) + ", strong" if is_strong else _describe(what, weak)
-    _flag(flags, flag_id, [result.evidence], strong=is_strong, note=note)
+    if is_strong and (age is None or age <= strong_days):
+        note = _describe(what, strong) + ", strong"
+        if age is not None and age > weak_days:
+            note += f"; not repeated since {result.evidence.date.isoformat()}"
+        _flag(flags, flag_id, [result.evidence], strong=True, note=note)
+    elif age is None or age <= weak_days:
+        _flag(flags, flag_id, [result.evidence], note=_describe(what, weak))
+    else:
+        older.append(result.evidence)
 
 
-def lab_flags(facts: Facts, flags: dict) -> None:
-    labs = facts.labs
+def lab_flags(facts: Facts, flags: dict) -> list[Evidence]:
+    """The lab flags; returns the abnormal results too old to set one (listed where labs are advised)."""
+    labs, older = facts.labs, []
     female_limits = facts.sex != "male"  # unknown sex: the lower (female) threshold
-    _graded(flags, "hypercalcemia", labs.get("calcium"), "calcium_mg_dl", None, "calcium")
+    _graded(flags, older, facts, "hypercalcemia", labs.get("calcium"), "calcium_mg_dl", None, "calcium")
     ionized = labs.get("ionized-calcium")
     if ionized:
         limit = ionized.reference_high or threshold("ionized_calcium_mmol_l")
         if ionized.value > limit:
-            _flag(flags, "hypercalcemia", [ionized.evidence], note=f"ionised calcium > {limit:g} mmol/L")
-    _graded(flags, "anemia", labs.get("hemoglobin"),
+            if _within(ionized.evidence.date, facts, threshold("lab_weak_days")) or ionized.evidence.date is None:
+                _flag(flags, "hypercalcemia", [ionized.evidence], note=f"ionised calcium > {limit:g} mmol/L")
+            else:
+                older.append(ionized.evidence)
+    _graded(flags, older, facts, "anemia", labs.get("hemoglobin"),
             "hemoglobin_female_g_dl" if female_limits else "hemoglobin_male_g_dl", "hemoglobin_strong_g_dl", "Hb")
-    _graded(flags, "anemia", labs.get("hematocrit"),
+    _graded(flags, older, facts, "anemia", labs.get("hematocrit"),
             "hematocrit_female_pct" if female_limits else "hematocrit_male_pct", "hematocrit_strong_pct",
             "haematocrit")
-    _graded(flags, "elevated-esr", labs.get("esr"), "esr_mm_h", "esr_strong_mm_h", "ESR")
-    _graded(flags, "elevated-psa", labs.get("psa"), "psa_ng_ml", "psa_strong_ng_ml", "PSA")
+    _graded(flags, older, facts, "elevated-esr", labs.get("esr"), "esr_mm_h", "esr_strong_mm_h", "ESR")
+    _graded(flags, older, facts, "elevated-psa", labs.get("psa"), "psa_ng_ml", "psa_strong_ng_ml", "PSA")
     for flag_id, diagnosis in (("hypercalcemia", "hypercalcemia-diagnosis"), ("anemia", "anemia-diagnosis"),
                                ("elevated-esr", "elevated-esr-diagnosis"), ("elevated-psa", "elevated-psa-diagnosis")):
-        _flag(flags, flag_id, [f.evidence for f in facts.having(diagnosis) if f.active])
+        # A coded abnormal result counts like a weak result: when dated in the last 90 days (or undated).
+        _flag(flags, flag_id, [f.evidence for f in facts.having(diagnosis) if f.active and (
+            (f.onset or f.recorded) is None or _within(max(d for d in (f.onset, f.recorded) if d), facts,
+                                                       threshold("lab_weak_days")))])
 
     alp = facts.labs.get("alkaline-phosphatase")
     if alp:
         limit = alp.reference_high if alp.reference_high is not None else threshold("alp_default_u_l")
         if alp.value > limit:
-            _flag(flags, "elevated-alkaline-phosphatase", [alp.evidence],
-                  note=f"above the upper reference limit {limit:g} U/L")
+            if alp.evidence.date is None or _within(alp.evidence.date, facts, threshold("lab_weak_days")):
+                _flag(flags, "elevated-alkaline-phosphatase", [alp.evidence],
+                      note=f"above the upper reference limit {limit:g} U/L")
+            else:
+                older.append(alp.evidence)
+    return older
 
 
 def smoking_flag(facts: Facts, flags: dict) -> None:
@@ -339,7 +392,7 @@ def assess(facts: Facts) -> Assessment:
     failure_to_improve_flag(facts, flags, lbp_days)
     symptom_flags(facts, flags)
     fever_flag(facts, flags)
-    lab_flags(facts, flags)
+    result.older_labs = lab_flags(facts, flags)
     smoking_flag(facts, flags)
 
     order = list(knowledge()["flags"])

@@ -78,6 +78,9 @@ def detail_markdown(assessment: Assessment, next_step: str, ratings: list[tuple[
     lines.append("**Why:** " + "; ".join(assessment.reasons) + f". _Source: {assessment.source}._")
     lines.append("")
     lines.append(f"**Recommended next step:** {next_step}")
+    if assessment.older_labs and assessment.tier in ("consider", "imaging"):
+        lines.append("Older results to repeat: " + "; ".join(
+            f"{ev.label} {ev.value}, {ev.date.isoformat() if ev.date else 'undated'}" for ev in assessment.older_labs))
     for order, rating in ratings:
         lines.append("")
         lines.append(f"**Order rating** ({order.reference}): {rating.pama_code} — {rating.explanation} "

@@ -30,13 +30,13 @@ CONDITION_CONCEPTS = (
     "cord-compression", "motor-deficit", "sensory-symptom", "gait-disturbance", "urinary-retention",
     "urinary-incontinence", "fecal-incontinence", "saddle-anesthesia", "fever", "night-pain", "rest-pain",
     "injection-drug-use", "immunosuppression", "smoking-current", "anemia-diagnosis",
-    "hypercalcemia-diagnosis", "elevated-esr-diagnosis", "elevated-psa-diagnosis",
+    "hypercalcemia-diagnosis", "elevated-esr-diagnosis", "elevated-psa-diagnosis", "pain-worsening",
 )
 CANCER_CONCEPTS = ("malignancy", "cancer-personal-history", "metastatic-disease", "myeloma")
 SYMPTOM_CONCEPTS = (
     "cauda-equina-syndrome", "cord-compression", "motor-deficit", "sensory-symptom", "gait-disturbance",
     "urinary-retention", "urinary-incontinence", "fecal-incontinence", "saddle-anesthesia", "fever",
-    "night-pain", "rest-pain", "unintentional-weight-loss",
+    "night-pain", "rest-pain", "unintentional-weight-loss", "pain-worsening",
 )
 MEDICATION_CONCEPTS = ("analgesic-treatment", "cancer-treatment", "weight-loss-explained", "immunosuppression")
 PROCEDURE_CONCEPTS = ("physiotherapy", "cancer-treatment", "weight-loss-explained")

@@ -62,5 +62,7 @@ def test_clinical_case(service, path):
     assert not set(expect.get("redFlagsExclude", [])) & flags, f"{why}; got {sorted(flags)}"
     for reference, rating in (expect.get("rating") or {}).items():
         assert ratings_of(result).get(reference) == rating, f"{why}: rating of {reference}"
+    for text in expect.get("detailIncludes", []):
+        assert text in card["detail"], f"{why}: the detail should mention {text!r}"
     for flag in expect.get("redFlagsInclude", []):
         assert ext["evidence"][flag], f"{flag} has no evidence reference"
