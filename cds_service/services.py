@@ -38,6 +38,7 @@ def prefetch_templates() -> dict[str, str]:
         "encounters": "Encounter?patient={{context.patientId}}",
         "procedures": "Procedure?patient={{context.patientId}}",
         "medications": "MedicationRequest?patient={{context.patientId}}",
+        "activeServiceRequests": "ServiceRequest?patient={{context.patientId}}&status=active",
     }
 
 
@@ -50,11 +51,12 @@ KEY_DESCRIPTIONS = {
     "encounters": "encounters",
     "procedures": "procedures (physiotherapy, cancer treatment, surgery)",
     "medications": "medication orders",
+    "activeServiceRequests": "active orders (labs already ordered are not suggested again)",
 }
 
 SCOPES = (
     "patient/Patient.read patient/Condition.read patient/Observation.read patient/Encounter.read "
-    "patient/Procedure.read patient/MedicationRequest.read"
+    "patient/Procedure.read patient/MedicationRequest.read patient/ServiceRequest.read"
 )
 USAGE = (
     "When prefetch is incomplete the service reads the missing data from fhirServer with the "

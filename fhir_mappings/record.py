@@ -18,7 +18,7 @@ OBSERVATION_VALUE_SETS = (
     "smoking-status",
 )
 
-RESOURCE_TYPES = ("Condition", "Observation", "Encounter", "Procedure", "MedicationRequest")
+RESOURCE_TYPES = ("Condition", "Observation", "Encounter", "Procedure", "MedicationRequest", "ServiceRequest")
 
 
 @dataclass

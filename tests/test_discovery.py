@@ -36,6 +36,7 @@ def test_prefetch_templates_fetch_what_the_clinical_core_reads(client):
         for key, rtype in (("observations", "Observation"), ("encounters", "Encounter"),
                            ("procedures", "Procedure"), ("medications", "MedicationRequest")):
             assert prefetch[key].startswith(f"{rtype}?patient={{{{context.patientId}}}}")
+        assert prefetch["activeServiceRequests"] == "ServiceRequest?patient={{context.patientId}}&status=active"
         assert "http://loinc.org|718-7" in prefetch["observations"]  # haemoglobin
         assert "http://loinc.org|72166-2" in prefetch["observations"]  # smoking status
 

@@ -36,8 +36,9 @@ ORDER_HOOKS = ("order-select", "order-sign")
 # (Encounter, MedicationRequest, Procedure), one consider (two Observations), one with no card, and
 # every order case.
 SELECTED_CASES = ("02", "06", "23", "46", "64", *(str(n) for n in range(71, 81)))
-OPTIONAL_KEYS = ("observations", "examObservations", "encounters", "procedures", "medications")
-ALL_TYPES = {"Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest"}
+OPTIONAL_KEYS = ("observations", "examObservations", "encounters", "procedures", "medications",
+                 "activeServiceRequests")
+ALL_TYPES = {"Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest", "ServiceRequest"}
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 MAX_TRANSACTION_UPDATES = 50   # Medplum refuses transactions with more updates than this
@@ -560,7 +561,7 @@ def test_bearer_token_is_sent_to_the_fhir_server_and_never_logged(service, ehr_v
                                                    prefetch="none", token=token)
     since = len(service.log())
     ok_json(ehr_via_proxy.post(service_id, body))
-    assert len(fault_proxy.requests) == 7
+    assert len(fault_proxy.requests) == 8
     assert {r.headers.get("Authorization") for r in fault_proxy.requests} == {f"Bearer {token}"}
     log = log_after(service, since, f"POST /cds-services/{service_id}")
     assert f"POST /cds-services/{service_id}" in log, "the service's log does not show this call"
@@ -589,7 +590,7 @@ def test_without_fhir_authorization_no_authorization_header_is_sent(ehr_via_prox
                                                    prefetch="none")
     assert "fhirAuthorization" not in body
     ok_json(ehr_via_proxy.post(service_id, body))
-    assert len(fault_proxy.requests) == 7
+    assert len(fault_proxy.requests) == 8
     assert all("Authorization" not in r.headers for r in fault_proxy.requests)
 
 

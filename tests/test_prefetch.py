@@ -8,7 +8,7 @@ from cds_service.prefetch import gather
 PATIENT = {"resourceType": "Patient", "id": "p1"}
 EMPTY = {"resourceType": "Bundle", "type": "searchset", "entry": []}
 ALL_NULL = {"conditions": None, "observations": None, "examObservations": None, "encounters": None,
-            "procedures": None, "medications": None}
+            "procedures": None, "medications": None, "activeServiceRequests": None}
 
 
 def body(prefetch, **extra):
@@ -39,7 +39,7 @@ def test_null_means_no_data_and_is_not_reported_missing():
 
 def test_absent_optional_keys_without_fhir_server_are_reported_missing():
     gathered = gather(body({"patient": PATIENT, "conditions": EMPTY}))
-    assert len(gathered.unavailable) == 5
+    assert len(gathered.unavailable) == 6
     assert any(item.startswith("labs, vital signs and smoking status") for item in gathered.unavailable)
 
 
@@ -47,7 +47,8 @@ def test_absent_keys_are_fetched_from_the_fhir_server_with_the_context_filled_in
     fetcher = Fetcher({"observations": Result(EMPTY)})
     gather(body({"patient": PATIENT, "conditions": EMPTY}, fhirServer="http://127.0.0.1:1/fhir"), fetcher)
     assert fetcher.asked["observations"].startswith("Observation?patient=p1&code=")
-    assert set(fetcher.asked) == {"observations", "examObservations", "encounters", "procedures", "medications"}
+    assert set(fetcher.asked) == {"observations", "examObservations", "encounters", "procedures", "medications",
+                                  "activeServiceRequests"}
 
 
 def test_operation_outcome_in_a_slot_is_fetched_again_when_a_server_is_given():

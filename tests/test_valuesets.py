@@ -27,8 +27,10 @@ CODE_RE = {ICD10CM: ICD_RE, LOINC: LOINC_RE, SNOMED: SNOMED_RE, RXNORM: RXNORM_R
 # 271594007 is Syncope (not saddle anaesthesia); 24531-6 is US retroperitoneum (not a lumbar MRI).
 FORBIDDEN = ("271594007", "24531-6")
 
-ALLOWED_KEYS = {"id", "title", "description", "source", "include", "exclude", "text", "notes"}
-REQUIRED_KEYS = {"id", "title", "description", "source", "include", "text"}
+ALLOWED_KEYS = {"id", "title", "readFrom", "description", "source", "include", "exclude", "text", "notes"}
+REQUIRED_KEYS = {"id", "title", "readFrom", "description", "source", "include", "text"}
+# Where findings are read from: FHIR resource types, and "medication" for every medication resource.
+READ_FROM = {"Condition", "Observation", "Procedure", "Encounter", "medication"}
 
 
 def _load(path: Path) -> dict:
@@ -49,6 +51,19 @@ def test_there_are_value_sets():
 @pytest.fixture(params=FILES, ids=[p.stem for p in FILES])
 def valueset(request):
     return request.param, _load(request.param)
+
+
+def test_read_from_names_resources_and_their_elements(valueset):
+    _, vs = valueset
+    assert list(vs)[:3] == ["id", "title", "readFrom"]
+    assert set(vs["readFrom"]) <= READ_FROM
+    for elements in vs["readFrom"].values():
+        assert elements and all(isinstance(e, str) and e for e in elements)
+
+
+def test_files_keep_their_canonical_formatting(valueset):
+    path, vs = valueset
+    assert path.read_text(encoding="utf-8") == json.dumps(vs, indent=2, ensure_ascii=False) + "\n"
 
 
 def test_keys_and_id(valueset):
