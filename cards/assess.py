@@ -205,10 +205,10 @@ def _derived_weight_loss(facts: Facts) -> Evidence | None:
     loss = (start.value - latest.value) / start.value
     if loss <= threshold("weight_loss_fraction"):
         return None
+    months = round((latest.evidence.date - start.evidence.date).days / 30.44)
     return Evidence(
         reference=f"{start.evidence.reference}, {latest.evidence.reference}",
-        label=(f"Body weight fell {loss * 100:.1f} % ({start.evidence.value} on {start.evidence.date} "
-               f"→ {latest.evidence.value} on {latest.evidence.date})"),
+        label=f"Body weight fell {loss * 100:.1f} % in {months} months ({start.value:.1f} → {latest.value:.1f} kg)",
         date=latest.evidence.date, value=f"-{loss * 100:.1f} %", how="derived")
 
 
