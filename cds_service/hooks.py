@@ -12,6 +12,7 @@ from functools import partial
 from flask import Blueprint, current_app, g, jsonify, request
 
 from cards import respond
+from cards.data import rules_version
 from fhir_mappings.record import PatientRecord
 from fhir_mappings.terminology import server_answers
 
@@ -20,7 +21,7 @@ from .errors import ServiceError
 from .prefetch import gather
 from .services import SERVICES, discovery
 from .store import CallRecord
-from .switches import apply_switches, rules_version, work_up_done_reasons
+from .switches import apply_switches, work_up_done_reasons
 from .terminology_server import lookups
 from .validation import problems
 
