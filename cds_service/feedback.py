@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, jsonify
 
 from .errors import ServiceError
 from .hooks import read_json_body, service_or_404
+from .metrics import count_feedback
 from .store import UnknownCards
 from .validation import problems
 
@@ -33,6 +34,7 @@ def give_feedback(service_id: str):
         raise ServiceError(400, "the request is not valid CDS Hooks 2.0 feedback", found)
     try:
         count = current_app.extensions["lbp_store"].record_feedback(service.id, body["feedback"])
+        count_feedback(service.id, body["feedback"])
     except UnknownCards as exc:
         raise ServiceError(404, "unknown card: no card with this uuid was issued by this service; "
                                 "no feedback in this request was stored",

@@ -353,14 +353,16 @@ class FhirClient:
 
     # ------------------------------------------------------------------ public
 
-    def fetch_all(self, base_url: str, queries: dict[str, str], token: str | None) -> dict[str, FetchResult]:
+    def fetch_all(self, base_url: str, queries: dict[str, str], token: str | None, *,
+                  deadline: float | None = None) -> dict[str, FetchResult]:
         """Fetch every query in parallel; one FetchResult per key, within fhir_total_timeout.
 
+        `deadline` (a `time.monotonic()` instant: the caller's own deadline) ends the call earlier.
         A base_url that `allowed()` refuses is not contacted: every key fails with
         "FHIR server not allowed".
         """
         started = time.monotonic()
-        deadline = started + self.settings.fhir_total_timeout
+        deadline = min(started + self.settings.fhir_total_timeout, deadline or float("inf"))
         if not allowed(base_url, self.settings):
             log.warning("FHIR fetch refused: server not in fhir_allowed_servers (%d keys)", len(queries))
             return {key: FetchResult(key=key, ok=False, error="FHIR server not allowed") for key in queries}

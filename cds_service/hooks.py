@@ -7,6 +7,7 @@ import logging
 import re
 import time
 from datetime import UTC, datetime
+from functools import partial
 
 from flask import Blueprint, current_app, g, jsonify, request
 
@@ -15,6 +16,7 @@ from fhir_mappings.record import PatientRecord
 
 from .errors import ServiceError
 from .fhir_client import allowed
+from .metrics import count_cards, metered
 from .prefetch import gather
 from .services import SERVICES, discovery
 from .validation import problems
@@ -22,6 +24,7 @@ from .validation import problems
 bp = Blueprint("hooks", __name__)
 SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,256}$")  # what may be written to the log as a hookInstance
 log = logging.getLogger("lbp_redflags.hooks")
+RENDER_MARGIN_SECONDS = 0.5  # of the hook's deadline, kept to read the record and render the cards
 
 
 @bp.get("/cds-services")
@@ -82,6 +85,13 @@ def _depth(value) -> int:
     return deepest
 
 
+def fetch_deadline(settings, started: float) -> float:
+    """When FHIR fetching stops (a time.monotonic() instant): at fhir_total_timeout, or earlier when the
+    hook's deadline, less a margin to build the cards from what has arrived, comes first."""
+    deadline = settings.hook_deadline_seconds
+    return started + min(settings.fhir_total_timeout, deadline - min(RENDER_MARGIN_SECONDS, deadline / 4))
+
+
 def service_or_404(service_id: str):
     service = SERVICES.get(service_id)
     if service is None:
@@ -103,7 +113,7 @@ def validate_request(service, body: dict) -> None:
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str):
-    started = time.perf_counter()
+    started = time.monotonic()
     service = service_or_404(service_id)
     body = read_json_body()
     hook_instance = body.get("hookInstance")
@@ -117,7 +127,8 @@ def call_service(service_id: str):
                            [{"field": "fhirServer", "reason": "not in the configured fhir_allowed_servers"}])
 
     client = current_app.extensions["lbp_fhir_client"]
-    gathered = gather(body, client.fetch_all if fhir_server else None)
+    fetcher = metered(partial(client.fetch_all, deadline=fetch_deadline(settings, started))) if fhir_server else None
+    gathered = gather(body, fetcher)
     context = body["context"]
     record = PatientRecord.from_resources(
         gathered.resources,
@@ -138,9 +149,10 @@ def call_service(service_id: str):
         source_url=settings.source_url or None,
         accepted_at_select=lambda tier, studies: store.acted_at_order_select(patient_id, tier, studies),
     )
+    count_cards(service.id, response.get("cards", []))
     store.record_cards(service.id, body["hookInstance"], response.get("cards", []), patient_id=patient_id)
 
     log.info("hook=%s hookInstance=%s cards=%d sources=%s elapsed_ms=%.1f", service.hook, body["hookInstance"],
              len(response.get("cards", [])), ",".join(f"{k}:{v}" for k, v in gathered.sources.items()),
-             (time.perf_counter() - started) * 1000)
+             (time.monotonic() - started) * 1000)
     return jsonify(response)

@@ -29,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from .metrics import count_audit_rows_lost
+
 log = logging.getLogger("lbp_redflags.store")
 metadata = MetaData()
 
@@ -119,6 +121,7 @@ class Store:
             self._record_cards(service_id, hook_instance, cards, patient_id)
         except SQLAlchemyError as exc:
             log.warning("could not store issued cards (hookInstance=%s): %s", hook_instance, exc.__class__.__name__)
+            count_audit_rows_lost(len(cards))
 
     def _record_cards(self, service_id: str, hook_instance: str, cards: list[dict],
                       patient_id: str | None) -> None:
