@@ -1,1 +1,1 @@
-"""The benchmark: `./bench/run` (see bench/README.md)."""
+"""The benchmark: `./bench/run` (the README's Benchmark section says what it measures)."""
