@@ -23,6 +23,7 @@ STATUS_CODES = {
     413: "payload-too-large",
     415: "unsupported-media-type",
     500: "internal-error",
+    503: "service-unavailable",
 }
 
 
@@ -31,6 +32,7 @@ class ServiceError(Exception):
     status: int
     message: str
     details: list[dict] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. WWW-Authenticate on a 401
 
     def body(self) -> dict:
         error = {"status": self.status, "code": STATUS_CODES.get(self.status, "error"), "message": self.message}
@@ -58,7 +60,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(err: ServiceError):
         _log(err.status, STATUS_CODES.get(err.status, "error"), [d.get("field", "") for d in err.details])
-        return _respond(err)
+        response = _respond(err)
+        response.headers.update(err.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):

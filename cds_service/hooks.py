@@ -14,8 +14,8 @@ from flask import Blueprint, current_app, g, jsonify, request
 from cards import respond
 from fhir_mappings.record import PatientRecord
 
+from . import outbound
 from .errors import ServiceError
-from .fhir_client import allowed
 from .metrics import count_cards, metered
 from .prefetch import gather
 from .services import SERVICES, discovery
@@ -111,6 +111,25 @@ def validate_request(service, body: dict) -> None:
         raise ServiceError(400, "the request is not a valid CDS Hooks 2.0 request", found)
 
 
+def fhir_server_policy(settings, fhir_server: str | None) -> outbound.OutboundPolicy:
+    """The calling client's outbound policy, after refusing (403) a fhirServer it does not allow.
+
+    Checked before any data is gathered, even when the prefetch is complete: a client naming a
+    server it may not name is refused, and nothing is fetched. The message says which setting to
+    change. The DNS resolver can be replaced (app.extensions["lbp_dns_resolver"]) for tests.
+    """
+    policy = outbound.policy_for(settings, g.get("cds_client"),
+                                 resolver=current_app.extensions.get("lbp_dns_resolver"))
+    if fhir_server:
+        try:
+            policy.check_server(fhir_server)
+        except outbound.OutboundRefused as refused:
+            log.warning("fhirServer refused (%s) hookInstance=%s", ",".join(refused.kinds), g.get("hook_instance"))
+            raise ServiceError(403, f"this service may not call the given fhirServer: {refused.hint or refused.reason}",
+                               [{"field": "fhirServer", "reason": refused.reason}]) from None
+    return policy
+
+
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str):
     started = time.monotonic()
@@ -122,13 +141,11 @@ def call_service(service_id: str):
 
     settings = current_app.config["LBP_SETTINGS"]
     fhir_server = body.get("fhirServer")
-    if fhir_server and not allowed(fhir_server, settings):
-        raise ServiceError(403, "this service is not allowed to call the given fhirServer",
-                           [{"field": "fhirServer", "reason": "not in the configured fhir_allowed_servers"}])
+    policy = fhir_server_policy(settings, fhir_server)
 
     client = current_app.extensions["lbp_fhir_client"]
-    fetcher = metered(partial(client.fetch_all, deadline=fetch_deadline(settings, started))) if fhir_server else None
-    gathered = gather(body, fetcher)
+    fetcher = partial(client.fetch_all, policy=policy, deadline=fetch_deadline(settings, started))
+    gathered = gather(body, metered(fetcher) if fhir_server else None)
     context = body["context"]
     record = PatientRecord.from_resources(
         gathered.resources,

@@ -124,13 +124,14 @@ def _started() -> None:
 
 
 def _finished(response: Response) -> Response:
-    started = g.pop("lbp_metrics_started", None)
-    if started is None or request.method != "POST" or request.endpoint not in _METERED_ENDPOINTS:
+    started = g.pop("lbp_metrics_started", None)  # None when an earlier before_request refused the call (401)
+    if request.method != "POST" or request.endpoint not in _METERED_ENDPOINTS:
         return response
     service, hook = _service_labels((request.view_args or {}).get("service_id"))
     hook = _METERED_ENDPOINTS[request.endpoint] or hook or "unknown"
     REQUESTS.labels(service, hook, str(response.status_code)).inc()
-    REQUEST_LATENCY.labels(service, hook).observe(time.perf_counter() - started)
+    if started is not None:
+        REQUEST_LATENCY.labels(service, hook).observe(time.perf_counter() - started)
     return response
 
 

@@ -92,6 +92,23 @@ def test_hook_calls_are_counted_by_service_hook_and_status(admin):
     assert value("lbp_request_duration_seconds_count", **labels) == timed_before + 2
 
 
+def test_calls_refused_by_authentication_are_counted(tmp_path):
+    from conftest import SPEC
+
+    config = tmp_path / "lbp.toml"
+    config.write_text(f'''public_base_url = "https://cds.example.org"
+[[auth.clients]]
+issuer = "https://sandbox.cds-hooks.org"
+jwks_file = "{SPEC / 'cds-hooks-sandbox' / 'jwks.json'}"
+''')
+    app = create_app(load_settings(config, env={}, database_url=f"sqlite:///{tmp_path / 'a.db'}"))
+    labels = {"service": "lbp-patient-view", "hook": "patient-view", "status": "401"}
+    before = value("lbp_requests_total", **labels)
+    service_id, body = example_request(example("02"))
+    assert app.test_client().post(f"/cds-services/{service_id}", json=body).status_code == 401
+    assert value("lbp_requests_total", **labels) == before + 1
+
+
 def test_calls_to_unknown_services_share_one_label(admin):
     before = value("lbp_requests_total", service="unknown", hook="unknown", status="404")
     admin.post(f"/cds-services/no-such-{uuid.uuid4().hex}", json={})
