@@ -228,7 +228,7 @@ def chart(results: list[Figures], sizes: list[str], delay_ms: float, path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.6))
     width = 0.13
     series = [(target, percentile) for target in ("baseline", "service") for percentile in ("p50", "p95", "p99")]
     for index, (target, percentile) in enumerate(series):
@@ -241,7 +241,7 @@ def chart(results: list[Figures], sizes: list[str], delay_ms: float, path: Path)
     left.set_yscale("log")
     left.set_ylabel("latency (ms, log scale)")
     left.set_title("Prefetch mode: service vs parse-only baseline")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3)
     fetched = [next((f for f in results if (f.scenario, f.size, f.target) == ("fetch", s, "service")), None)
                for s in sizes]
     for index, percentile in enumerate(("p50", "p95", "p99")):
@@ -255,7 +255,7 @@ def chart(results: list[Figures], sizes: list[str], delay_ms: float, path: Path)
     right.set_xticks(range(len(sizes)), sizes)
     right.set_ylabel("latency (ms)")
     right.set_title("Fetch mode: hook latency vs the FHIR delay")
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -308,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of load per measurement (default 10; three times that for the large patient)")
     parser.add_argument("--connections", type=int, default=8,
                         help="concurrent connections in prefetch mode (default 8: 2 workers x 4 threads)")
-    parser.add_argument("--fetch-connections", type=int, default=2,
-                        help="concurrent connections in fetch mode (default 2: latency, not server capacity)")
+    parser.add_argument("--fetch-connections", type=int, default=1,
+                        help="concurrent connections in fetch mode (default 1: latency, not server capacity)")
     parser.add_argument("--delay-ms", type=float, default=50.0, help="delay the proxy adds to each FHIR request")
     parser.add_argument("--sizes", default="small,typical,large")
     parser.add_argument("--skip-fetch", action="store_true", help="prefetch mode only (no Node.js needed)")
@@ -343,22 +343,18 @@ def main(argv: list[str] | None = None) -> int:
             baseline.stop()
             if not args.skip_fetch:
                 print(f"fetch mode (FHIR test server behind a {args.delay_ms:.0f} ms proxy)", flush=True)
-                with start_fhir_server() as fhir_server:
-                    load_patients(fhir_server, sizes)
-                    proxy = FaultProxy(fhir_server.base_url).start()
-                    try:
-                        proxy.delay(".*", args.delay_ms / 1000)
-                        for size in sizes:
+                for size in sizes:  # a fresh server per patient: searches scan only this patient's data
+                    with start_fhir_server() as fhir_server:
+                        load_patients(fhir_server, [size])
+                        direct = direct_round_ms(fhir_server.base_url, size)
+                        with FaultProxy(fhir_server.base_url) as proxy:
+                            proxy.delay(".*", args.delay_ms / 1000)
                             service_id, body = fetch_request(size, proxy.base_url)
-                            direct = direct_round_ms(fhir_server.base_url, size)
                             figures = measure("fetch", size, service, service_id, body_for_wrk(body),
                                               duration=duration_for(size, args.duration),
                                               connections=args.fetch_connections, workdir=workdir)
                             figures.direct_round_ms = direct
                             results.append(figures)
-                            proxy.clear_requests()
-                    finally:
-                        proxy.stop()
         finally:
             service.stop()
             baseline.stop()
