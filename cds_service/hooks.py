@@ -13,12 +13,14 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from cards import respond
 from fhir_mappings.record import PatientRecord
+from fhir_mappings.terminology import server_answers
 
 from . import outbound
 from .errors import ServiceError
 from .metrics import count_cards, metered
 from .prefetch import gather
 from .services import SERVICES, discovery
+from .terminology_server import lookups
 from .validation import problems
 
 bp = Blueprint("hooks", __name__)
@@ -122,7 +124,7 @@ def fhir_server_policy(settings, fhir_server: str | None) -> outbound.OutboundPo
                                  resolver=current_app.extensions.get("lbp_dns_resolver"))
     if fhir_server:
         try:
-            policy.check_server(fhir_server)
+            policy.check_server(fhir_server, timeout=settings.fhir_connect_timeout)
         except outbound.OutboundRefused as refused:
             log.warning("fhirServer refused (%s) hookInstance=%s", ",".join(refused.kinds), g.get("hook_instance"))
             raise ServiceError(403, f"this service may not call the given fhirServer: {refused.hint or refused.reason}",
@@ -161,11 +163,12 @@ def call_service(service_id: str):
     today = datetime.now(UTC).date()
     store = current_app.extensions["lbp_store"]
     patient_id = context["patientId"]
-    response = respond(
-        service.hook, service.id, record, today=today, hook_instance=body["hookInstance"],
-        source_url=settings.source_url or None,
-        accepted_at_select=lambda tier, studies: store.acted_at_order_select(patient_id, tier, studies),
-    )
+    with server_answers(lookups(settings, (record.resources, record.draft_orders))):
+        response = respond(
+            service.hook, service.id, record, today=today, hook_instance=body["hookInstance"],
+            source_url=settings.source_url or None,
+            accepted_at_select=lambda tier, studies: store.acted_at_order_select(patient_id, tier, studies),
+        )
     count_cards(service.id, response.get("cards", []))
     store.record_cards(service.id, body["hookInstance"], response.get("cards", []), patient_id=patient_id)
 
