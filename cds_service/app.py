@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask
 from flask_cors import CORS
 
 from .errors import register_error_handlers
@@ -63,14 +63,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["lbp_fhir_client"] = FhirClient(settings)
     app.extensions["lbp_store"] = Store(settings.database_url)
 
-    from . import feedback, hooks
+    from . import feedback, health, hooks, openapi, ratelimit
 
     app.register_blueprint(hooks.bp)
     app.register_blueprint(feedback.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
+    ratelimit.init_app(app, settings.rate_limit_per_minute)
     register_error_handlers(app)
-
-    @app.get("/healthz")
-    def healthz():
-        return jsonify({"status": "ok"})
-
     return app
