@@ -7,6 +7,7 @@ import logging
 from flask import Flask
 from flask_cors import CORS
 
+from . import auth
 from .errors import register_error_handlers
 from .fhir_client import FhirClient
 from .settings import Settings, load_settings
@@ -61,7 +62,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     warm_up()
     app.extensions["lbp_fhir_client"] = FhirClient(settings)
-    app.extensions["lbp_store"] = Store(settings.database_url)
+    app.extensions["lbp_store"] = Store(settings.database_url, settings.patient_key)
+    auth.init_app(app, settings, app.extensions["lbp_store"])  # first before_request: who is calling
 
     from . import feedback, health, hooks, openapi, ratelimit
 

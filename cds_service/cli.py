@@ -184,6 +184,13 @@ def cmd_check(args) -> int:
         body["fhirAuthorization"] = {"access_token": args.token, "token_type": "Bearer", "expires_in": 300,
                                      "scope": "patient/*.read", "subject": "lbp-redflags-check"}
     response = client.post(f"/cds-services/{HOOK_SERVICE[hook]}", json=body)
+    error = (response.get_json(silent=True) or {}).get("error") or {}
+    refused = [d for d in error.get("details", []) if d.get("field") == "fhirServer"]
+    if response.status_code == 403 and refused:
+        # The service's own words: why the server is refused, and which setting allows it.
+        print(f"lbp-redflags: {args.fhir} is refused ({refused[0]['reason']}).\n"
+              f"lbp-redflags: {error['message']}", file=sys.stderr)
+        return 1
     if response.status_code != 200:
         print(f"error {response.status_code}: {json.dumps(response.get_json(), indent=2)}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ STATUS_CODES = {
     415: "unsupported-media-type",
     429: "too-many-requests",
     500: "internal-error",
-    503: "not-ready",
+    503: "service-unavailable",
 }
 
 
@@ -38,7 +38,7 @@ class ServiceError(Exception):
     status: int
     message: str
     details: list[dict] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After on 429
+    headers: dict[str, str] = field(default_factory=dict)  # WWW-Authenticate on 401, Retry-After on 429
 
     def body(self) -> dict:
         error = {"status": self.status, "code": status_code_name(self.status), "message": self.message}

@@ -16,6 +16,10 @@ Bounds, all from `Settings`:
 - searches follow Bundle.link[next] up to fhir_page_cap pages, and only while the link stays on
   the server of base_url (same scheme, host and port); otherwise the result is `truncated`.
 - 429, 503 and connection failures are retried at most fhir_max_retries times.
+- every request goes through `cds_service.outbound`: the caller's `OutboundPolicy` decides which
+  servers may be called (the base URL, each page, each redirect target — redirects are never
+  followed), connections go only to addresses that policy checked, and a page is capped at
+  MAX_BODY_BYTES.
 
 Retries use tenacity rather than urllib3's `Retry` on the adapter. The wait before a retry must be
 capped by the time left in *this* call (Retry-After can say minutes; the caller gives us seconds),
@@ -33,8 +37,6 @@ identifiers; urllib3's own DEBUG lines print the path and query, so those are cu
 from __future__ import annotations
 
 import email.utils
-import http.cookiejar
-import ipaddress
 import json
 import logging
 import re
@@ -48,8 +50,9 @@ from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 import requests
 import tenacity
 import urllib3
-from requests.adapters import HTTPAdapter
 
+from cds_service import outbound
+from cds_service.outbound import OutboundPolicy, OutboundRefused
 from cds_service.settings import Settings
 
 log = logging.getLogger("lbp_redflags.fhir_client")
@@ -59,7 +62,6 @@ RETRY_STATUSES = frozenset({429, 503})
 BACKOFF_BASE = 0.25            # seconds before the first retry without Retry-After; doubles each time
 BACKOFF_MAX = 4.0
 MIN_ATTEMPT_TIME = 0.05        # no retry when less than this would be left for the next attempt
-MAX_REDIRECTS = 5
 MAX_DIAGNOSTICS = 300
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _CONTROL_PARAMS = frozenset({"_count", "_offset", "_sort", "_total", "_summary", "_elements", "_format",
@@ -80,26 +82,18 @@ class FetchResult:
 
 
 class _Failure(Exception):
-    """One key failed; `reason` is safe to show and to log."""
+    """One key failed; `reason` is safe to show on the card, `logged` (no server-supplied text: an
+    OperationOutcome may name the patient) to log."""
 
-    def __init__(self, reason: str, status: int | None = None):
+    def __init__(self, reason: str, status: int | None = None, logged: str | None = None):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.logged = logged or reason
 
 
 class _OutOfTime(Exception):
     pass
-
-
-class _NoCookies(http.cookiejar.DefaultCookiePolicy):
-    """One session serves many EHRs and patients: never keep or send cookies."""
-
-    def set_ok(self, cookie, request):
-        return False
-
-    def return_ok(self, cookie, request):
-        return False
 
 
 class _RedactUrls(logging.Filter):
@@ -134,67 +128,10 @@ def _install_url_filter() -> None:
                 logger.addFilter(_url_filter)
 
 
-# ---------------------------------------------------------------------------- allowed servers
-
-
-def _origin_and_path(url: str) -> tuple[str, str, int, str] | None:
-    """(scheme, host, port, path without trailing '/') of an http(s) URL, or None if unusable."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        return None
-    if parts.username is not None or parts.password is not None:
-        return None  # credentials in the URL would replace the bearer token
-    path = parts.path
-    segments = unquote(path).split("/")
-    if "." in segments or ".." in segments or "\\" in path:
-        return None
-    default_port = 443 if scheme == "https" else 80
-    return scheme, parts.hostname.lower().rstrip("."), port or default_port, path.rstrip("/")
+# ---------------------------------------------------------------------------- same server
 
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # one FHIR response page
-
-
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def allowed(base_url: str, settings: Settings) -> bool:
-    """Whether base_url may be contacted according to settings.fhir_allowed_servers.
-
-    Entries are URL prefixes compared by scheme, host (case-insensitive), port (default ports
-    filled in) and whole path segments: "https://a.org/fhir" allows "https://a.org/fhir" and
-    "https://a.org/fhir/r4", not "https://a.org/fhirx" nor "https://a.org.evil.com". "*" allows any
-    http or https URL; "loopback" allows any port on 127.0.0.0/8, ::1 and localhost (the default:
-    a FHIR server on the same machine). Other schemes, URLs with dot segments, a query or a
-    fragment never pass.
-    """
-    target = _origin_and_path(base_url or "")
-    if target is None:
-        return False
-    for entry in settings.fhir_allowed_servers:
-        if entry.strip() == "*":
-            return True
-        if entry.strip().lower() == "loopback":
-            if _is_loopback_host(target[1]):
-                return True
-            continue
-        prefix = _origin_and_path(entry)
-        if prefix is None or prefix[:3] != target[:3]:
-            continue
-        if prefix[3] == "" or target[3] == prefix[3] or target[3].startswith(prefix[3] + "/"):
-            return True
-    return False
 
 
 def under_base(url: str, base_url: str) -> bool:
@@ -326,24 +263,27 @@ def _desired_wait(state: tenacity.RetryCallState) -> float:
 class FhirClient:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._session = requests.Session()
-        adapter = HTTPAdapter(
-            pool_connections=max(10, settings.fhir_max_workers),
-            pool_maxsize=max(10, settings.fhir_max_workers),
-            max_retries=0,  # retries are done per request with tenacity (see module docstring)
-        )
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.headers.update({"Accept": FHIR_JSON})
-        self._session.cookies.set_policy(_NoCookies())
-        self._session.max_redirects = MAX_REDIRECTS
+        # One guarded, pooled session per outbound policy (one per configured client, plus the policy of
+        # fhir_allowed_servers): connections are pinned to addresses that policy checked.
+        self._sessions: dict[OutboundPolicy, requests.Session] = {}
+        self._sessions_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=settings.fhir_max_workers,
                                             thread_name_prefix="fhir-fetch")
         _install_url_filter()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._session.close()
+        with self._sessions_lock:
+            for session in self._sessions.values():
+                session.close()
+            self._sessions.clear()
+
+    def _session(self, policy: OutboundPolicy) -> requests.Session:
+        with self._sessions_lock:
+            if policy not in self._sessions:
+                # Retries are done per request with tenacity (see module docstring): none in the adapter.
+                self._sessions[policy] = outbound.session(policy, pool_size=max(10, self.settings.fhir_max_workers))
+            return self._sessions[policy]
 
     def __enter__(self) -> FhirClient:
         return self
@@ -353,24 +293,32 @@ class FhirClient:
 
     # ------------------------------------------------------------------ public
 
-    def fetch_all(self, base_url: str, queries: dict[str, str], token: str | None) -> dict[str, FetchResult]:
+    def fetch_all(self, base_url: str, queries: dict[str, str], token: str | None, *,
+                  policy: OutboundPolicy | None = None) -> dict[str, FetchResult]:
         """Fetch every query in parallel; one FetchResult per key, within fhir_total_timeout.
 
-        A base_url that `allowed()` refuses is not contacted: every key fails with
-        "FHIR server not allowed".
+        policy: which servers may be called (`outbound.policy_for` the calling client); by default
+        that of these settings without a client. A base_url the policy refuses is not contacted:
+        every key fails with "FHIR server not allowed". Every request, paging links included, goes
+        through the same guard, and connects only to addresses it checked.
         """
         started = time.monotonic()
         deadline = started + self.settings.fhir_total_timeout
-        if not allowed(base_url, self.settings):
-            log.warning("FHIR fetch refused: server not in fhir_allowed_servers (%d keys)", len(queries))
+        policy = policy or outbound.policy_for(self.settings, None)
+        try:
+            policy.check_url(base_url or "", base=True)
+        except OutboundRefused as refused:
+            log.warning("FHIR fetch refused: %s (%d keys)", ",".join(refused.kinds), len(queries))
             return {key: FetchResult(key=key, ok=False, error="FHIR server not allowed") for key in queries}
+        session = self._session(policy)
         headers = {"Accept": FHIR_JSON}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         futures: dict[Future, str] = {}
         for key, query in queries.items():
             try:
-                futures[self._executor.submit(self._fetch_one, base_url, key, query, headers, deadline)] = key
+                futures[self._executor.submit(self._fetch_one, session, policy, base_url, key, query, headers,
+                                              deadline)] = key
             except RuntimeError:  # executor shut down
                 futures[_failed_future(key, "client closed")] = key
         results: dict[str, FetchResult] = {}
@@ -393,17 +341,18 @@ class FhirClient:
 
     # ------------------------------------------------------------------ one key
 
-    def _fetch_one(self, base_url: str, key: str, relative: str, headers: dict[str, str],
-                   deadline: float) -> FetchResult:
+    def _fetch_one(self, session: requests.Session, policy: OutboundPolicy, base_url: str, key: str,
+                   relative: str, headers: dict[str, str], deadline: float) -> FetchResult:
         started = time.monotonic()
         resource_type = _log_type(relative)
         result = FetchResult(key=key, ok=False)
+        logged = None
         try:
             query = _prepare(base_url, relative, self.settings.fhir_page_size)
             if query.is_search:
-                self._search(query, base_url, key, relative, headers, deadline, result)
+                self._search(session, policy, query, base_url, key, relative, headers, deadline, result)
             else:
-                result.resource, result.status = self._read(query.url, key, relative, headers, deadline)
+                result.resource, result.status = self._read(session, query.url, key, relative, headers, deadline)
                 result.pages = 1
                 if result.resource.get("resourceType") != query.resource_type:
                     raise _Failure("malformed response (unexpected resource type "
@@ -412,6 +361,7 @@ class FhirClient:
         except _Failure as failure:
             result.ok, result.resource = False, None
             result.error, result.status = failure.reason, failure.status or result.status
+            logged = failure.logged
         except _OutOfTime:
             result.ok, result.resource, result.error = False, None, "timed out"
         except Exception as exc:  # never let one key break the others; say what kind, not the URL
@@ -425,12 +375,12 @@ class FhirClient:
             logging.INFO if result.ok else logging.WARNING,
             "FHIR fetch key=%s type=%s status=%s pages=%d truncated=%s elapsed_ms=%d outcome=%s",
             key, resource_type, result.status, result.pages, result.truncated, result.elapsed_ms,
-            "ok" if result.ok else result.error,
+            "ok" if result.ok else logged or result.error,
         )
         return result
 
-    def _search(self, query: _Query, base_url: str, key: str, relative: str, headers: dict[str, str],
-                deadline: float, result: FetchResult) -> None:
+    def _search(self, session: requests.Session, policy: OutboundPolicy, query: _Query, base_url: str, key: str,
+                relative: str, headers: dict[str, str], deadline: float, result: FetchResult) -> None:
         url: str | None = query.url
         seen: set[str] = set()
         merged: dict[str, Any] | None = None
@@ -443,7 +393,7 @@ class FhirClient:
                 break
             seen.add(url)
             try:
-                page, result.status = self._read(url, key, relative, headers, deadline)
+                page, result.status = self._read(session, url, key, relative, headers, deadline)
             except _Failure as failure:
                 if result.pages:
                     failure.reason = f"page {result.pages + 1}: {failure.reason}"
@@ -466,19 +416,19 @@ class FhirClient:
                         continue
                     entry_ids.add(ident)
                 entries.append(entry)
-            url = self._next_link(page, url, base_url, key, seen, result)
+            url = self._next_link(page, url, base_url, policy, key, seen, result)
         assert merged is not None
         if entries:
             merged["entry"] = entries
         result.resource = merged
 
     @staticmethod
-    def _next_link(page: dict, current: str, base_url: str, key: str, seen: set[str],
+    def _next_link(page: dict, current: str, base_url: str, policy: OutboundPolicy, key: str, seen: set[str],
                    result: FetchResult) -> str | None:
         for link in page.get("link") or []:
             if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
                 nxt = urljoin(current, link["url"].strip())
-                if not _same_server(nxt, base_url):
+                if not _same_server(nxt, base_url) or not _permitted(policy, nxt):
                     result.truncated = True
                     log.warning("FHIR fetch key=%s: next link points to another server; not followed", key)
                     return None
@@ -491,7 +441,7 @@ class FhirClient:
 
     # ------------------------------------------------------------------ one request
 
-    def _read(self, url: str, key: str, relative: str, headers: dict[str, str],
+    def _read(self, session: requests.Session, url: str, key: str, relative: str, headers: dict[str, str],
               deadline: float) -> tuple[dict, int]:
         """GET url (with retries) and return (resource, status), or raise _Failure / _OutOfTime."""
         def timeout() -> tuple[float, float]:
@@ -531,15 +481,24 @@ class FhirClient:
             # Streamed, so the body is read against the deadline: a server that trickles bytes never
             # trips a per-read timeout, and must not hold a worker past the request's deadline.
             # Redirects are not followed: a redirect could lead to a server that is not allowed.
-            response = retrying(lambda: self._session.get(url, headers=headers, timeout=timeout(), stream=True,
-                                                          allow_redirects=False))
+            response = retrying(lambda: session.get(url, headers=headers, timeout=timeout(), stream=True,
+                                                    allow_redirects=False))
         except _OutOfTime:
             raise
+        except OutboundRefused as refused:
+            # The name resolved to an address the policy refuses (checked when connecting): nothing was sent.
+            log.warning("FHIR fetch key=%s type=%s refused: %s", key, _log_type(relative), ",".join(refused.kinds))
+            raise _Failure("FHIR server not allowed") from None
         except requests.RequestException as exc:
             raise _request_failure(exc) from None
         with response:
             try:
-                body = _read_body(response, deadline)
+                body = outbound.read_limited(response, MAX_BODY_BYTES, deadline)
+            except outbound.ResponseTooLarge:
+                raise _Failure(f"malformed response (larger than {MAX_BODY_BYTES // (1024 * 1024)} MB)",
+                               response.status_code) from None
+            except outbound.ReadDeadlineExceeded:
+                raise _OutOfTime() from None
             except requests.RequestException as exc:
                 raise _request_failure(exc) from None
             except urllib3.exceptions.ReadTimeoutError:
@@ -549,22 +508,12 @@ class FhirClient:
             return _interpret(response, body, relative)
 
 
-def _read_body(response: requests.Response, deadline: float) -> bytes:
-    chunks, size = [], 0
-    raw = response.raw
-    while True:
-        # read1 returns whatever has arrived (read() would wait for a full chunk, byte by trickled byte)
-        chunk = raw.read1(65536, decode_content=True)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _Failure(f"malformed response (larger than {MAX_BODY_BYTES // (1024 * 1024)} MB)",
-                           response.status_code)
-        chunks.append(chunk)
-        if time.monotonic() > deadline:
-            raise _OutOfTime()
-    return b"".join(chunks)
+def _permitted(policy: OutboundPolicy, url: str) -> bool:
+    try:
+        policy.check_url(url)
+    except OutboundRefused:
+        return False
+    return True
 
 
 def _request_failure(exc: requests.RequestException) -> Exception:
@@ -589,12 +538,13 @@ def _interpret(response: requests.Response, raw: bytes, relative: str) -> tuple[
     is_resource = isinstance(body, dict) and isinstance(body.get("resourceType"), str) and bool(
         _RESOURCE_TYPE.match(body["resourceType"]))
     if is_resource and body["resourceType"] == "OperationOutcome":
-        raise _Failure(f"HTTP {status} OperationOutcome: {_outcome_summary(body, relative)}", status)
+        raise _Failure(f"HTTP {status} OperationOutcome: {_outcome_summary(body, relative)}", status,
+                       logged=f"HTTP {status} OperationOutcome")
     if status in (401, 403):
         raise _Failure(f"HTTP {status} ({'not authorised' if status == 401 else 'forbidden'})", status)
     if not 200 <= status < 300:
         reason = "rate limited" if status == 429 else (response.reason or "error")
-        raise _Failure(f"HTTP {status} ({_redact(str(reason)[:60], relative)})", status)
+        raise _Failure(f"HTTP {status} ({_redact(str(reason)[:60], relative)})", status, logged=f"HTTP {status}")
     if not is_resource:
         raise _Failure("malformed response (not a FHIR resource)" if body is not None
                        else "malformed response (not JSON)", status)

@@ -7,14 +7,15 @@ import logging
 import re
 import time
 from datetime import UTC, datetime
+from functools import partial
 
 from flask import Blueprint, current_app, g, jsonify, request
 
 from cards import respond
 from fhir_mappings.record import PatientRecord
 
+from . import outbound
 from .errors import ServiceError, body_too_large
-from .fhir_client import allowed
 from .prefetch import gather
 from .services import SERVICES, discovery
 from .validation import check_draft_orders, check_limits, problems, setting_name
@@ -86,6 +87,25 @@ def validate_request(service, body: dict) -> None:
         raise ServiceError(400, "the request is not a valid CDS Hooks 2.0 request", found)
 
 
+def fhir_server_policy(settings, fhir_server: str | None) -> outbound.OutboundPolicy:
+    """The calling client's outbound policy, after refusing (403) a fhirServer it does not allow.
+
+    Checked before any data is gathered, even when the prefetch is complete: a client naming a
+    server it may not name is refused, and nothing is fetched. The message says which setting to
+    change. The DNS resolver can be replaced (app.extensions["lbp_dns_resolver"]) for tests.
+    """
+    policy = outbound.policy_for(settings, g.get("cds_client"),
+                                 resolver=current_app.extensions.get("lbp_dns_resolver"))
+    if fhir_server:
+        try:
+            policy.check_server(fhir_server)
+        except outbound.OutboundRefused as refused:
+            log.warning("fhirServer refused (%s) hookInstance=%s", ",".join(refused.kinds), g.get("hook_instance"))
+            raise ServiceError(403, f"this service may not call the given fhirServer: {refused.hint or refused.reason}",
+                               [{"field": "fhirServer", "reason": refused.reason}]) from None
+    return policy
+
+
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str):
     started = time.perf_counter()
@@ -97,12 +117,10 @@ def call_service(service_id: str):
 
     settings = current_app.config["LBP_SETTINGS"]
     fhir_server = body.get("fhirServer")
-    if fhir_server and not allowed(fhir_server, settings):
-        raise ServiceError(403, "this service is not allowed to call the given fhirServer",
-                           [{"field": "fhirServer", "reason": "not in the configured fhir_allowed_servers"}])
+    policy = fhir_server_policy(settings, fhir_server)
 
     client = current_app.extensions["lbp_fhir_client"]
-    gathered = gather(body, client.fetch_all if fhir_server else None)
+    gathered = gather(body, partial(client.fetch_all, policy=policy) if fhir_server else None)
     context = body["context"]
     record = PatientRecord.from_resources(
         gathered.resources,

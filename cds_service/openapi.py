@@ -36,10 +36,11 @@ ERRORS = {
            "or draftOrders over max_draft_orders",
     "415": "The body is not JSON",
     "429": "Over rate_limit_per_minute for this client (per worker process); Retry-After says when to retry",
+    "503": "Cannot serve right now: the database (token replay cache, readiness) cannot be reached",
 }
-HOOK_ERRORS = ("400", "401", "403", "405", "412", "413", "415", "429")
-FEEDBACK_ERRORS = ("400", "401", "404", "405", "413", "415", "429")
-GET_ERRORS = ("401", "405")
+HOOK_ERRORS = ("400", "401", "403", "405", "412", "413", "415", "429", "503")
+FEEDBACK_ERRORS = ("400", "401", "404", "405", "413", "415", "429", "503")
+GET_ERRORS = ("401", "405", "503")
 
 
 def _schema_name(filename: str) -> str:
@@ -144,9 +145,9 @@ def _feedback_operation() -> dict:
     }}
 
 
-def _get(operation_id: str, summary: str, ok: dict, errors=GET_ERRORS, extra: dict | None = None) -> dict:
+def _public_get(operation_id: str, summary: str, ok: dict, errors) -> dict:
     return {"get": {"operationId": operation_id, "summary": summary, "security": [],
-                    "responses": {"200": ok, **(extra or {}), **_errors(errors)}}}
+                    "responses": {"200": ok, **_errors(errors)}}}
 
 
 def build(settings: Settings, today: date) -> dict:
@@ -160,13 +161,13 @@ def build(settings: Settings, today: date) -> dict:
                                                  **_errors(GET_ERRORS)}}},
         **{f"/cds-services/{s.id}": _hook_operation(s, hook_examples.get(s.id)) for s in SERVICES.values()},
         "/cds-services/{service_id}/feedback": _feedback_operation(),
-        "/healthz": _get("healthz", "The process is alive (no data)", _json(status, "Alive"), ("405",)),
-        "/readyz": _get("readyz", "The database is reachable and the configuration valid (no data)",
-                        _json(status, "Ready"), ("405",),
-                        {"503": _json(_ref("error"), "Not ready (the service's log says why)")}),
-        "/openapi.json": _get("openapi", "This document", {"description": "OpenAPI 3.1 document",
-                                                             "content": {JSON: {"schema": {"type": "object"}}}},
-                              ("405",)),
+        "/healthz": _public_get("healthz", "The process is alive (no data)", _json(status, "Alive"), ("405",)),
+        "/readyz": _public_get("readyz", "The database is reachable and the configuration valid (no data); "
+                                         "503 when not (the service's log says why)",
+                               _json(status, "Ready"), ("405", "503")),
+        "/openapi.json": _public_get("openapi", "This document", {"description": "OpenAPI 3.1 document",
+                                                                    "content": {JSON: {"schema": {"type": "object"}}}},
+                                     ("405",)),
     }
     document = {
         "openapi": "3.1.0",

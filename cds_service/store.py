@@ -1,4 +1,5 @@
-"""Storage seam: cards the service issued and the feedback clinicians gave on them (SQLAlchemy).
+"""Storage seam: cards the service issued, the feedback clinicians gave on them, and the JWT ids
+already used (the replay cache, shared by every worker and replica) (SQLAlchemy).
 
 Only what analysis needs is kept: card and hook identifiers, tier, outcome and override reason.
 No patient identifiers, no tokens, no card text.
@@ -10,12 +11,15 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
+import weakref
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
@@ -23,11 +27,14 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
     select,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
+
+from .settings import SettingsError
 
 log = logging.getLogger("lbp_redflags.store")
 metadata = MetaData()
@@ -68,6 +75,13 @@ feedback = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
 
+seen_tokens = Table(
+    "seen_tokens",
+    metadata,
+    Column("token_key", String(64), primary_key=True),  # SHA-256 of issuer and jti
+    Column("expires_at", Float, nullable=False, index=True),  # epoch seconds: exp plus the leeway
+)
+
 
 class UnknownCards(Exception):
     def __init__(self, uuids: list[str]):
@@ -76,7 +90,8 @@ class UnknownCards(Exception):
 
 
 class Store:
-    def __init__(self, database_url: str):
+    def __init__(self, database_url: str, patient_key: str = ""):
+        """patient_key: the secret for patient hashes (setting patient_key); empty: a random one kept here."""
         kwargs: dict = {"pool_pre_ping": True}
         if database_url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 15}
@@ -90,8 +105,15 @@ class Store:
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.close()
+        if patient_key and len(patient_key) < 32:
+            raise SettingsError("setting 'patient_key' (LBP_PATIENT_KEY): must be at least 32 characters "
+                                "(a random secret, e.g. 64 hex digits)")
         metadata.create_all(self.engine)
-        self._key = self._hash_key()
+        self._key = patient_key.encode() if patient_key else self._hash_key()
+        # gunicorn forks workers after the app (and this pool) exists: a child must open its own
+        # connections, never share the parent's (SQLite forbids it; PostgreSQL would mix sessions).
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (store := ref()) and store.engine.dispose(close=False))
 
     def _hash_key(self) -> bytes:
         """A random key made once per database: patient ids are stored only as HMACs under it."""
@@ -111,6 +133,21 @@ class Store:
         if not patient_id:
             return None
         return hmac.new(self._key, patient_id.encode(), hashlib.sha256).hexdigest()
+
+    def remember_jti(self, issuer: str, jti: str, expires_at: float, now: float) -> bool:
+        """Record a token id; False when it was seen before and has not yet expired (a replay).
+
+        The primary key makes the check atomic across workers and replicas. Expired ids are purged.
+        """
+        key = hashlib.sha256(f"{issuer}\0{jti}".encode()).hexdigest()
+        with self.engine.begin() as conn:
+            conn.execute(delete(seen_tokens).where(seen_tokens.c.expires_at < now))
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(seen_tokens.insert(), {"token_key": key, "expires_at": expires_at})
+        except IntegrityError:
+            return False
+        return True
 
     def record_cards(self, service_id: str, hook_instance: str, cards: list[dict],
                      patient_id: str | None = None) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,3 +129,113 @@ def start_service(tmp_path_factory):
     yield start
     for running in started:
         running.stop()
+
+
+# ---------------------------------------------------------------------------- the connect guard
+
+class ConnectGuard:
+    """Refuses, in this test process, every socket connection outside loopback, and remembers it.
+
+    Installed for the whole session (before any fixture runs), so that no test ever sends traffic to
+    a private, link-local or public address, even when the code under test is wrong. Each test
+    fails if something tried (`connect_guard` fixture); a test that expects an attempt (to see
+    *which* address the code chose) takes it with `take()`. Only IP literals on 127.0.0.0/8 and ::1,
+    the name "localhost" and Unix sockets pass: a host name would need DNS.
+    """
+
+    def __init__(self):
+        self.attempts: list[str] = []
+        self._lock = threading.Lock()
+        self._connect = socket.socket.connect
+        self._connect_ex = socket.socket.connect_ex
+
+    @staticmethod
+    def allowed(family: int, address) -> bool:
+        if family == getattr(socket, "AF_UNIX", None):
+            return True
+        host = address[0] if isinstance(address, tuple) and address else address
+        if not isinstance(host, str):
+            return False
+        if host == "localhost":
+            return True
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        return ip.is_loopback
+
+    def _check(self, sock, address) -> None:
+        if not self.allowed(sock.family, address):
+            shown = address[0] if isinstance(address, tuple) else address
+            with self._lock:
+                self.attempts.append(str(shown))
+            raise OSError(101, f"connection to {shown} blocked by the test connect guard")
+
+    def install(self) -> None:
+        guard = self
+
+        def connect(sock, address):
+            guard._check(sock, address)
+            return guard._connect(sock, address)
+
+        def connect_ex(sock, address):
+            guard._check(sock, address)
+            return guard._connect_ex(sock, address)
+
+        socket.socket.connect = connect
+        socket.socket.connect_ex = connect_ex
+
+    def take(self) -> list[str]:
+        """The blocked attempts so far (and forget them: the test expected them)."""
+        with self._lock:
+            taken, self.attempts = self.attempts, []
+        return taken
+
+
+_connect_guard = ConnectGuard()
+_connect_guard.install()
+
+
+@pytest.fixture(autouse=True)
+def connect_guard():
+    _connect_guard.take()
+    yield _connect_guard
+    blocked = _connect_guard.take()
+    if blocked:
+        pytest.fail(f"connection(s) outside loopback attempted and blocked: {sorted(set(blocked))}")
+
+
+class AppServer:
+    """An app served in-process on a real loopback socket (werkzeug, threaded).
+
+    For tests that must reach into the app while it serves (an injected clock, a seeded store).
+    """
+
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+
+        self.app = app
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def serve_app():
+    """Factory: serve_app(app) -> AppServer; stopped after the test."""
+    started = []
+
+    def serve(app) -> AppServer:
+        started.append(AppServer(app))
+        return started[-1]
+
+    yield serve
+    for server in started:
+        server.stop()

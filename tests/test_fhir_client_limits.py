@@ -6,7 +6,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cds_service.fhir_client import FhirClient, allowed
+from cds_service.fhir_client import FhirClient
+from cds_service.outbound import OutboundRefused, policy_for
 from cds_service.settings import load_settings
 
 
@@ -73,4 +74,6 @@ def test_redirects_are_not_followed(trickle_server):
 
 @pytest.mark.parametrize("url", ["http://user:pass@127.0.0.1:8080/fhir", "http://user@localhost/fhir"])
 def test_a_fhir_server_url_with_credentials_is_never_allowed(url):
-    assert not allowed(url, settings(fhir_allowed_servers="*"))
+    with pytest.raises(OutboundRefused) as refused:
+        policy_for(settings(fhir_allowed_servers="*"), None).check_url(url, base=True)
+    assert refused.value.kinds == ("invalid",)
