@@ -95,3 +95,25 @@ def test_the_running_service_limits_per_client_address_per_worker(start_service)
     assert status == 429 and int(headers["Retry-After"]) >= 1
     assert body["error"]["status"] == 429
     assert _post_from(service, "127.0.0.2")[0] == 200  # another client (address) is not held back
+
+
+def test_authenticated_clients_are_limited_per_issuer_after_authentication(tmp_path, start_service):
+    from auth_tokens import Issuer, jwks, make_key, write_config
+
+    public = "https://cds.example.test"
+    key_a, key_b = make_key("ES384", kid="ehr-a-key"), make_key("ES256", kid="ehr-b-key")
+    (tmp_path / "a.json").write_text(json.dumps(jwks(key_a)))
+    (tmp_path / "b.json").write_text(json.dumps(jwks(key_b)))
+    config = write_config(tmp_path / "lbp.toml", [{"issuer": "https://ehr-a.example.test", "jwks_file": "a.json"},
+                                                  {"issuer": "https://ehr-b.example.test", "jwks_file": "b.json"}],
+                          public_base_url=public, rate_limit_per_minute=2)
+    service = start_service(config=str(config), workers="1")
+    ehr_a = Issuer("https://ehr-a.example.test", key_a, public).auth(service.base_url)
+    ehr_b = Issuer("https://ehr-b.example.test", key_b, public).auth(service.base_url)
+
+    # Authentication runs first: calls without a token stay 401 however many (never 429 on the address).
+    assert [service.post("lbp-patient-view", BODY).status_code for _ in range(3)] == [401, 401, 401]
+    assert [service.post("lbp-patient-view", BODY, auth=ehr_a).status_code for _ in range(2)] == [200, 200]
+    limited = service.post("lbp-patient-view", BODY, auth=ehr_a)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert service.post("lbp-patient-view", BODY, auth=ehr_b).status_code == 200  # same address, other issuer
