@@ -7,8 +7,14 @@ Loaded by the schemathesis command through SCHEMATHESIS_HOOKS; never imported by
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
+from pathlib import Path
 
+import jwt
 import schemathesis
+from cryptography.hazmat.primitives import serialization
 from hypothesis import strategies as st
 
 # Sizes chosen against the limits the fuzzed service runs with (see FUZZ_LIMITS in the test).
@@ -67,3 +73,20 @@ def flatmap_body(context, body):
     if isinstance(body, bytes):
         return st.just(body)
     return st.one_of(st.just(body), st.just(body), st.just(body), _malformed(body))
+
+
+if os.environ.get("FUZZ_JWT_KEY_FILE"):  # authentication on: every request signed as a configured client
+
+    @schemathesis.auth(refresh_interval=None)  # a fresh token (new jti, aud = the URL called) per request
+    class CdsClientJwt:
+        def __init__(self):
+            self.key = serialization.load_pem_private_key(Path(os.environ["FUZZ_JWT_KEY_FILE"]).read_bytes(), None)
+
+        def get(self, case, context):
+            now = int(time.time())
+            claims = {"iss": os.environ["FUZZ_JWT_ISSUER"], "jti": str(uuid.uuid4()), "iat": now, "exp": now + 300,
+                      "aud": os.environ["FUZZ_JWT_PUBLIC_BASE_URL"].rstrip("/") + case.formatted_path}
+            return jwt.encode(claims, self.key, algorithm="ES384", headers={"kid": os.environ["FUZZ_JWT_KID"]})
+
+        def set(self, case, data, context):
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}

@@ -5,8 +5,8 @@ documented example patients, schema-violating ones (wrong types, missing fields,
 wrong content types, undocumented methods), and, through tests/openapi_fuzz_hooks.py, malformed
 and huge JSON. Every response must be documented, match its schema, and none may be a 5xx.
 
-The service runs in the local profile (authentication off) with small limits so that generated
-values reach them.
+The service runs with small limits so that generated values reach them: once in the local profile
+(authentication off), once configured with a client whose JWTs the hooks module signs.
 """
 
 from __future__ import annotations
@@ -32,15 +32,17 @@ CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conform
           "missing_required_header", "unsupported_method", "allow_header_conformance"]
 
 
-def run_schemathesis(base_url: str, report: Path, workdir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "openapi_fuzz_hooks",
+def run_schemathesis(base_url: str, report: Path, workdir: Path, max_examples: int = 100,
+                     phases: str = "examples,coverage,fuzzing", **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env, "SCHEMATHESIS_HOOKS": "openapi_fuzz_hooks",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
     command = [
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(TESTS / "openapi_fuzz.toml"),
         "run", f"{base_url}/openapi.json",
         "--checks", ",".join(CHECKS),
-        "--phases", "examples,coverage,fuzzing",
-        "--max-examples", "100", "--seed", "20261130", "--workers", "1",  # hypothesis is not thread-safe here
+        "--phases", phases,
+        "--max-examples", str(max_examples), "--seed", "20261130",
+        "--workers", "1",  # generation is not thread-safe on Python 3.11 (AST recursion errors)
         "--generation-database", "none", "--no-shrink", "--continue-on-failure",
         "--request-timeout", "30", "--no-color",
         "--report", "har", "--report-har-path", str(report),
@@ -48,14 +50,17 @@ def run_schemathesis(base_url: str, report: Path, workdir: Path) -> subprocess.C
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=workdir)
 
 
+def results(run: subprocess.CompletedProcess, report: Path) -> tuple[list[dict], Counter]:
+    assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
+    entries = json.loads(report.read_text(encoding="utf-8"))["log"]["entries"]
+    return entries, Counter(entry["response"]["status"] for entry in entries)
+
+
 def test_fuzzing_the_running_service_finds_no_5xx_and_no_undocumented_response(start_service, tmp_path):
     service = start_service(**FUZZ_LIMITS)
     report = tmp_path / "fuzz.har"
     run = run_schemathesis(service.base_url, report, tmp_path)  # its cache stays in tmp_path
-    assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
-
-    entries = json.loads(report.read_text(encoding="utf-8"))["log"]["entries"]
-    statuses = Counter(entry["response"]["status"] for entry in entries)
+    entries, statuses = results(run, report)
     assert len(entries) >= 1000, statuses
     assert not [s for s in statuses if s >= 500], statuses
     # The run reached the answers it is meant to exercise, the limits among them.
@@ -74,3 +79,32 @@ def test_fuzzing_the_running_service_finds_no_5xx_and_no_undocumented_response(s
     assert malformed >= 50, malformed
     print(f"fuzz: {len(entries)} requests, {malformed} malformed JSON, statuses {dict(sorted(statuses.items()))}")
     assert "Traceback" not in service.log()
+
+
+def test_fuzzing_with_authentication_on_signs_every_call_and_documents_the_401s(start_service, tmp_path):
+    """A shorter run as a configured client (ES384, fresh jti and exact aud per request): the same
+    checks, plus schemathesis' own probes with no or a mangled Authorization header, which must be
+    documented 401s."""
+    from auth_tokens import jwks, make_key, write_config
+    from cryptography.hazmat.primitives import serialization
+
+    key = make_key("ES384", kid="fuzz-key")
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks(key)))
+    key_file = tmp_path / "fuzz-key.pem"
+    key_file.write_bytes(key.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+    public, issuer = "https://cds.example.test", "https://ehr.example.test"
+    config = write_config(tmp_path / "lbp.toml", [{"issuer": issuer, "jwks_file": "jwks.json"}],
+                          public_base_url=public, rate_limit_per_minute=0,
+                          **{name: int(value) for name, value in FUZZ_LIMITS.items()})
+    service = start_service(config=str(config))
+    report = tmp_path / "fuzz.har"
+    run = run_schemathesis(service.base_url, report, tmp_path, max_examples=25, phases="examples,fuzzing",
+                           FUZZ_JWT_KEY_FILE=str(key_file),
+                           FUZZ_JWT_KID=key.kid, FUZZ_JWT_ISSUER=issuer, FUZZ_JWT_PUBLIC_BASE_URL=public)
+    entries, statuses = results(run, report)
+    assert not [s for s in statuses if s >= 500], statuses
+    assert {200, 400, 401} <= set(statuses), statuses
+    signed = sum(1 for e in entries if any(h["name"].lower() == "authorization" for h in e["request"]["headers"]))
+    assert signed >= len(entries) // 2, (signed, len(entries))
+    print(f"fuzz with authentication: {len(entries)} requests, {signed} signed, {dict(sorted(statuses.items()))}")
