@@ -113,7 +113,8 @@ def format_cards(response: dict, width: int = 100) -> str:
 def cmd_demo(args) -> int:
     from .app import create_app
 
-    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING")
+    # In-process, run by the operator: no CDS client to authenticate (auth.required applies to serve).
+    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING", auth_required=False)
     client = create_app(settings).test_client()
     from .example_patients import examples
 
@@ -165,7 +166,8 @@ def cmd_load_fhir(args) -> int:
 def cmd_check(args) -> int:
     from .app import create_app
 
-    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING")
+    # In-process, run by the operator: no CDS client to authenticate (auth.required applies to serve).
+    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING", auth_required=False)
     client = create_app(settings).test_client()
     hook = args.hook
     context = {"userId": "Practitioner/check", "patientId": args.patient}
@@ -195,6 +197,24 @@ def cmd_check(args) -> int:
         print(f"error {response.status_code}: {json.dumps(response.get_json(), indent=2)}", file=sys.stderr)
         return 1
     print(format_cards(response.get_json()))
+    return 0
+
+
+# ---------------------------------------------------------------- valuesets
+
+def cmd_valuesets(args) -> int:
+    from fhir_mappings.terminology import all_value_sets
+    from fhir_mappings.valueset_report import report
+
+    names = args.names or all_value_sets()
+    unknown = sorted(set(names) - set(all_value_sets()))
+    if unknown:
+        print(f"lbp-redflags: unknown value set(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    if not args.report:
+        print("\n".join(names))
+        return 0
+    print(report(names))
     return 0
 
 
@@ -230,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--token", default=None, help="bearer token for the FHIR server")
     check.add_argument("--config", default=None)
     check.set_defaults(func=cmd_check)
+
+    valuesets = sub.add_parser("valuesets", help="list the value sets; --report: codes per system and their sources")
+    valuesets.add_argument("names", nargs="*", help="value set ids (default: all)")
+    valuesets.add_argument("--report", action="store_true", help="per concept, codes per code system and where from")
+    valuesets.set_defaults(func=cmd_valuesets)
 
     args = parser.parse_args(argv)
     try:

@@ -13,11 +13,13 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from cards import respond
 from fhir_mappings.record import PatientRecord
+from fhir_mappings.terminology import server_answers
 
 from . import outbound
 from .errors import ServiceError, body_too_large
 from .prefetch import gather
 from .services import SERVICES, discovery
+from .terminology_server import lookups
 from .validation import check_draft_orders, check_limits, problems, setting_name
 
 bp = Blueprint("hooks", __name__)
@@ -98,7 +100,7 @@ def fhir_server_policy(settings, fhir_server: str | None) -> outbound.OutboundPo
                                  resolver=current_app.extensions.get("lbp_dns_resolver"))
     if fhir_server:
         try:
-            policy.check_server(fhir_server)
+            policy.check_server(fhir_server, timeout=settings.fhir_connect_timeout)
         except outbound.OutboundRefused as refused:
             log.warning("fhirServer refused (%s) hookInstance=%s", ",".join(refused.kinds), g.get("hook_instance"))
             raise ServiceError(403, f"this service may not call the given fhirServer: {refused.hint or refused.reason}",
@@ -136,11 +138,12 @@ def call_service(service_id: str):
     today = datetime.now(UTC).date()
     store = current_app.extensions["lbp_store"]
     patient_id = context["patientId"]
-    response = respond(
-        service.hook, service.id, record, today=today, hook_instance=body["hookInstance"],
-        source_url=settings.source_url or None,
-        accepted_at_select=lambda tier, studies: store.acted_at_order_select(patient_id, tier, studies),
-    )
+    with server_answers(lookups(settings, (record.resources, record.draft_orders))):
+        response = respond(
+            service.hook, service.id, record, today=today, hook_instance=body["hookInstance"],
+            source_url=settings.source_url or None,
+            accepted_at_select=lambda tier, studies: store.acted_at_order_select(patient_id, tier, studies),
+        )
     store.record_cards(service.id, body["hookInstance"], response.get("cards", []), patient_id=patient_id)
 
     log.info("hook=%s hookInstance=%s cards=%d sources=%s elapsed_ms=%.1f", service.hook, body["hookInstance"],

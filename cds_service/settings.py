@@ -78,6 +78,9 @@ class Settings:
     fhir_page_size: int = 200
     fhir_max_retries: int = 2
     fhir_max_workers: int = 8
+    terminology_server: str = ""
+    terminology_timeout: float = 2.0
+    terminology_cache_size: int = 20000
     log_level: str = "INFO"
     source_url: str = ""
     auth: AuthSettings = field(default_factory=AuthSettings)

@@ -1,19 +1,29 @@
 """Matching FHIR CodeableConcepts and free text against the value sets in valuesets/*.json.
 
-Codes first (system + code; ICD-10-CM prefixes and category ranges, dots and case ignored), then
-text (whole-word phrases, negation- and family-history-aware). A code the value set excludes
-vetoes the whole concept, so "C44.91 Basal cell carcinoma" never matches malignancy by its text.
+Codes first (system + code; ICD-10-CM prefixes and category ranges, dots and case ignored; the
+codes of the published expansions in valuesets/published/ a set names), then text (whole-word
+phrases, negation- and family-history-aware). A code the value set excludes vetoes the whole
+concept, so "C44.91 Basal cell carcinoma" never matches malignancy by its text.
+
+A SNOMED CT code no list names is a descendant the lists missed, or another concept: a configured
+terminology server's answer decides (handed in as plain data through ``server_answers``), and
+without one a guarded reading of its display (the set's ``snomed.fallback`` words and vetoes).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 
 VALUESET_DIR = Path(__file__).parent / "valuesets"
+PUBLISHED_DIR = VALUESET_DIR / "published"
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 SNOMED = "http://snomed.info/sct"
@@ -55,6 +65,21 @@ CLAUSE_BREAK = re.compile(
 WINDOW_WORDS = 6
 RELATIVE_WORDS = 4
 
+# (value set id, SNOMED CT code) -> is the code in the set, as a terminology server answered for
+# this request. Empty unless the service layer was configured with a server and asked it.
+_SERVER_ANSWERS: ContextVar[Mapping[tuple[str, str], bool]] = ContextVar(
+    "terminology_server_answers", default=MappingProxyType({}))
+
+
+@contextmanager
+def server_answers(answers: Mapping[tuple[str, str], bool]) -> Iterator[None]:
+    """Let the matchers use a terminology server's verdicts on unlisted SNOMED CT codes."""
+    token = _SERVER_ANSWERS.set(MappingProxyType(dict(answers)))
+    try:
+        yield
+    finally:
+        _SERVER_ANSWERS.reset(token)
+
 
 def normalise_system(system: str | None) -> str | None:
     if not isinstance(system, str):
@@ -89,6 +114,10 @@ class _CodeRule:
     def _norm(self, code: str) -> str:
         return _icd(code) if self.icd else code.strip()
 
+    def add(self, codes: dict[str, str]) -> None:
+        for code, display in codes.items():
+            self.displays.setdefault(self._norm(code), display)
+
     def find(self, code: str) -> str | None:
         """The display of the matching entry ('' when matched by prefix or range), or None."""
         key = self._norm(code)
@@ -102,11 +131,27 @@ class _CodeRule:
 
 
 def _phrase_pattern(phrase: str) -> str:
+    """A trailing '*' is any word ending; a leading '*' (fallback words only) any word beginning."""
     phrase = phrase.strip().lower()
-    wildcard = phrase.endswith("*")
-    words = [re.escape(w) for w in re.split(r"[\s\-]+", phrase.rstrip("*")) if w]
-    body = r"[\s\-]+".join(words) + (r"[a-z]*" if wildcard else "")
+    wildcard, leading = phrase.endswith("*"), phrase.startswith("*")
+    words = [re.escape(w) for w in re.split(r"[\s\-]+", phrase.strip("*")) if w]
+    body = (r"[a-z]*" if leading else "") + r"[\s\-]+".join(words) + (r"[a-z]*" if wildcard else "")
     return rf"(?<![a-z0-9]){body}(?![a-z0-9])"
+
+
+def _any_of(phrases) -> re.Pattern | None:
+    phrases = [p for p in phrases or () if isinstance(p, str) and p.strip()]
+    return re.compile("|".join(_phrase_pattern(p) for p in phrases)) if phrases else None
+
+
+@cache
+def published_expansion(name: str) -> dict:
+    """One published expansion file (valuesets/published/<name>.json): its system, codes and provenance."""
+    return json.loads((PUBLISHED_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def all_published_expansions() -> list[str]:
+    return sorted(p.stem for p in PUBLISHED_DIR.glob("*.json"))
 
 
 class ValueSet:
@@ -118,11 +163,26 @@ class ValueSet:
                         for s, spec in (data.get("include") or {}).items()}
         self.exclude = {normalise_system(s): _CodeRule(normalise_system(s), spec)
                         for s, spec in (data.get("exclude") or {}).items()}
+        published = data.get("published") or {}
+        for section, rules in (("include", self.include), ("exclude", self.exclude)):
+            for name in published.get(section) or ():
+                expansion = published_expansion(name)
+                system = normalise_system(expansion["system"])
+                rules.setdefault(system, _CodeRule(system, {})).add(expansion["codes"])
         text = data.get("text") or {}
-        synonyms = [s for s in text.get("synonyms") or () if s.strip()]
-        vetoes = [s for s in text.get("exclude") or () if s.strip()]
-        self._synonyms = re.compile("|".join(_phrase_pattern(s) for s in synonyms)) if synonyms else None
-        self._vetoes = re.compile("|".join(_phrase_pattern(s) for s in vetoes)) if vetoes else None
+        self._synonyms = _any_of(text.get("synonyms"))
+        self._vetoes = _any_of(text.get("exclude"))
+        snomed = data.get("snomed") or {}
+        self.snomed_roots = tuple(snomed.get("roots") or ())
+        self.snomed_exclude_roots = tuple(snomed.get("excludeRoots") or ())
+        fallback = snomed.get("fallback") or {}
+        self._fallback = _any_of(fallback.get("words"))
+        self._fallback_vetoes = _any_of(fallback.get("exclude"))
+
+    def lists(self, system: str | None, code: str) -> bool:
+        """Whether the set's own lists (included or excluded) name this code."""
+        system = normalise_system(system)
+        return any(system in rules and rules[system].find(code) is not None for rules in (self.include, self.exclude))
 
     def codes_for(self, system: str) -> list[str]:
         rule = self.include.get(normalise_system(system))
@@ -133,7 +193,8 @@ class ValueSet:
             return None
         codings = [c for c in concept.get("coding") or () if isinstance(c, dict)] \
             if isinstance(concept.get("coding"), list) else []
-        texts = []
+        texts: list[str] = []
+        fallback_texts: list[str] = []
         for coding in codings:
             system, code = normalise_system(coding.get("system")), coding.get("code")
             if isinstance(code, str) and system in self.exclude and self.exclude[system].find(code) is not None:
@@ -145,6 +206,16 @@ class ValueSet:
                 found = self.include[system].find(code)
                 if found is not None:
                     return Match("code", system, code, display or found or self.title)
+            if isinstance(code, str) and system == SNOMED and not self.lists(system, code):
+                verdict = _SERVER_ANSWERS.get().get((self.id, code.strip()))
+                if verdict is True:
+                    return Match("code", system, code, display or self.title)
+                if verdict is False:
+                    continue  # the server's "no" is final
+                if self._fallback is not None:
+                    fallback_texts.extend(t for t in (display, concept.get("text")) if isinstance(t, str) and t)
+                    continue  # only the guarded fallback reads an unlisted code's display
+            if isinstance(code, str) and system in self.include:
                 continue  # a code's display says no more than the code, which did not match
             if display:
                 texts.append(display)
@@ -156,6 +227,23 @@ class ValueSet:
             found = self.match_text(text)
             if found is not None:
                 return found
+        for text in fallback_texts:
+            found = self._match_fallback(text)
+            if found is not None:
+                return found
+        return None
+
+    def _match_fallback(self, text: str) -> Match | None:
+        """The guarded reading of an unlisted SNOMED CT concept's display or text: a fallback word,
+        no fallback veto or text veto anywhere in it, not negated or about a relative."""
+        if self._fallback is None:
+            return None
+        lowered = text.lower()
+        if any(v is not None and v.search(lowered) for v in (self._fallback_vetoes, self._vetoes)):
+            return None
+        for hit in self._fallback.finditer(lowered):
+            if not _negated(lowered, hit.start(), hit.end()):
+                return Match("text", None, None, text[hit.start():hit.end()])
         return None
 
     def match_code(self, concept) -> Match | None:
