@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, current_app, jsonify
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import ServiceError
 from .settings import startup_problems
@@ -26,13 +24,17 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     failed = []
-    if startup_problems(current_app.config["LBP_SETTINGS"]):
+    settings, store = current_app.config["LBP_SETTINGS"], current_app.extensions["lbp_store"]
+    if startup_problems(settings):
         failed.append("configuration (see the start-up message)")
-    try:
-        with current_app.extensions["lbp_store"].engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
-        failed.append(f"database unreachable ({type(exc).__name__})")
+    ready, why = store.ready()  # audit rows can be written: the database answers, its schema is current
+    if not ready and settings.migrate_on_start and store.behind:  # the database was down at start-up
+        from .app import prepare_schema
+
+        prepare_schema(store, settings)
+        ready, why = store.ready()
+    if not ready:
+        failed.append(why)
     if failed:
         log.warning("not ready: %s", "; ".join(failed))
         raise ServiceError(503, "not ready")

@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -19,6 +19,8 @@ from . import outbound
 from .errors import ServiceError, body_too_large
 from .prefetch import gather
 from .services import SERVICES, discovery
+from .store import CallRecord
+from .switches import apply_switches, rules_version, work_up_done_reasons
 from .terminology_server import lookups
 from .validation import check_draft_orders, check_limits, problems, setting_name
 
@@ -144,9 +146,18 @@ def call_service(service_id: str):
             source_url=settings.source_url or None,
             accepted_at_select=lambda tier, studies: store.acted_at_order_select(patient_id, tier, studies),
         )
-    store.record_cards(service.id, body["hookInstance"], response.get("cards", []), patient_id=patient_id)
+    # The committee's switches, then the audit row (call and cards, shown or held back) before the answer.
+    switched = apply_switches(response, settings, lambda: store.work_up_done(
+        patient_id, work_up_done_reasons(), datetime.now(UTC) - timedelta(days=settings.snooze_days)))
+    store.record_call(CallRecord(
+        service.id, service.hook, body["hookInstance"], patient_id, response.get("cards", []),
+        held_back=switched.held_back, client_issuer=getattr(g.get("cds_client"), "issuer", None),
+        fetched_from_fhir="fetched" in gathered.sources.values(), silent=switched.silent,
+        snoozed=switched.snoozed, latency_ms=(time.perf_counter() - started) * 1000, rules_version=rules_version()))
+    response = switched.response
 
-    log.info("hook=%s hookInstance=%s cards=%d sources=%s elapsed_ms=%.1f", service.hook, body["hookInstance"],
-             len(response.get("cards", [])), ",".join(f"{k}:{v}" for k, v in gathered.sources.items()),
+    log.info("hook=%s hookInstance=%s cards=%d held_back=%d sources=%s elapsed_ms=%.1f", service.hook,
+             body["hookInstance"], len(response.get("cards", [])), len(switched.held_back),
+             ",".join(f"{k}:{v}" for k, v in gathered.sources.items()),
              (time.perf_counter() - started) * 1000)
     return jsonify(response)

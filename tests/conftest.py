@@ -188,3 +188,27 @@ def serve_app():
     yield serve
     for server in started:
         server.stop()
+
+
+# ---------------------------------------------------------------- databases: SQLite and PostgreSQL
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the session (Debian's binaries, installed by ./scripts/test)."""
+    from postgres_server import PostgresServer, binaries
+
+    if binaries() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: ./scripts/test installs it")
+        pytest.skip("PostgreSQL is not installed: run ./scripts/test once to install it")
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh, empty database of each kind the service supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres").new_database()
