@@ -6,13 +6,18 @@ from collections.abc import Callable
 from datetime import date
 
 from fhir_mappings.findings import extract
+from fhir_mappings.orders import lumbar_imaging_orders
 from fhir_mappings.record import PatientRecord
 
 from .assess import assess
-from .orders import lumbar_imaging_orders, rate
-from .render import CardContext, build_card, follow_up_card, rating_actions
+from .plan import CardContext, make_plan
+from .rating import rate
+from .render import build_card, follow_up_card, rating_actions
 
 ORDER_HOOKS = ("order-select", "order-sign")
+# How the service names the active-orders query when it could not be read (cds_service/services.py,
+# KEY_DESCRIPTIONS): it only keeps labs from being suggested twice, so it is no gap in the red-flag check.
+ACTIVE_ORDERS = "active orders"
 
 
 def respond(hook: str, service_id: str, record: PatientRecord, *, today: date, hook_instance: str,
@@ -27,6 +32,8 @@ def respond(hook: str, service_id: str, record: PatientRecord, *, today: date, h
     patient_id = record.patient_id or (patient.get("id") if isinstance(patient.get("id"), str) else None)
     ctx = CardContext(hook, service_id, hook_instance, patient_id, record.encounter_id, source_url)
     facts = extract(record, today)
+    orders_unchecked = [u for u in facts.unavailable if u.startswith(ACTIVE_ORDERS)]
+    facts.unavailable = [u for u in facts.unavailable if u not in orders_unchecked]
     orders = lumbar_imaging_orders(record.draft_orders) if hook in ORDER_HOOKS else []
     if hook in ORDER_HOOKS and not orders:
         return {"cards": []}  # order hooks speak only about lumbar-spine imaging
@@ -35,10 +42,12 @@ def respond(hook: str, service_id: str, record: PatientRecord, *, today: date, h
     if not assessment.applicable:
         return {"cards": []}
 
+    active_orders = [r for r in record.of_type("ServiceRequest") if r.get("status") == "active"]
     if hook not in ORDER_HOOKS:
         if assessment.tier == "none" and not assessment.unavailable:
             return {"cards": []}
-        return {"cards": [build_card(ctx, assessment, sex=facts.sex, age=facts.age)]}
+        plan = make_plan(ctx, assessment, facts, active_orders=active_orders, orders_unchecked=bool(orders_unchecked))
+        return {"cards": [build_card(ctx, assessment, plan, today=today)]}
 
     weeks = assessment.lbp_weeks
     ratings = [(order, rate(order, assessment.tier, weeks)) for order in orders]
@@ -55,12 +64,15 @@ def respond(hook: str, service_id: str, record: PatientRecord, *, today: date, h
         return {"cards": [], "systemActions": actions, "extension": {"systemActions": actions}} if actions \
             else {"cards": []}
     studies = sorted({o.orderable or o.modality for o in spoken})
+    spoken_ratings = [(o, r) for o, r in ratings if o in spoken]
+    plan = make_plan(ctx, assessment, facts, active_orders=active_orders, orders=spoken,
+                     orders_unchecked=bool(orders_unchecked),
+                     ratings={o.reference: r for o, r in spoken_ratings})
     if (hook == "order-sign" and assessment.tier != "emergency" and accepted_at_select is not None
             and accepted_at_select(assessment.tier, studies)):
-        card = follow_up_card(ctx, assessment, ratings)
+        card = follow_up_card(ctx, assessment, plan, spoken_ratings)
     else:
-        card = build_card(ctx, assessment, sex=facts.sex, age=facts.age, orders=spoken,
-                          ratings=[(o, r) for o, r in ratings if o in spoken])
+        card = build_card(ctx, assessment, plan, today=today, ratings=spoken_ratings, order_hook=True)
     response = {"cards": [card]}
     if actions:
         response.update(systemActions=actions, extension={"systemActions": actions})

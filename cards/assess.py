@@ -1,45 +1,26 @@
 """The clinical rules: findings → red flags → tier. The one file a clinician reads.
 
-Every number comes from cards/knowledge/red_flags.json (thresholds, likelihood ratios, sources),
-so each rule below can be checked against the brief. Pure functions over plain data: no HTTP,
-no FHIR shapes, no clock (``facts.today`` is the day of the request).
-
-Tiers, highest first:
-- emergency  LBP + new bladder/bowel dysfunction, saddle anaesthesia, cauda equina syndrome, cord
-             compression or a severe/progressive/bilateral motor deficit; or a qualifying cancer
-             (incl. metastatic disease, myeloma) + any new neurological symptom (suspected MSCC).
-- imaging    LBP + a major cancer flag: qualifying cancer history, metastatic disease, myeloma,
-             ESR ≥ 50, Hb < 10 g/dL or haematocrit < 30 %, PSA ≥ 20, two or more of {age ≥ 50,
-             unexplained weight loss, failure to improve, qualifying cancer}, fever with injection
-             drug use or immunosuppression.
-- consider   LBP with weaker flags only.
-- none       LBP and no flag.
+Every number, and which tier each flag raises alone or in combination, comes from
+cards/knowledge/red_flags.json with its source. ``assess()`` loops over the flags listed there: a flag
+with a function registered below (``@rule``) is found by it; any other flag is found from its value
+sets alone (``valueSets``, ``counts``). Pure functions over plain data: no HTTP, no FHIR shapes, no
+clock (``facts.today`` is the day of the request).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
-from functools import cache
-from pathlib import Path
+from datetime import date
 
 from fhir_mappings.findings import Evidence, Facts, Finding
+from fhir_mappings.terminology import value_set
 
-TIERS = ("none", "consider", "imaging", "emergency")
+from .data import red_flags as knowledge
+from .data import rules_version, threshold
+from .tiers import rank
 
-
-@cache
-def knowledge() -> dict:
-    return json.loads((Path(__file__).parent / "knowledge" / "red_flags.json").read_text(encoding="utf-8"))
-
-
-def threshold(name: str) -> float:
-    return knowledge()["thresholds"][name]["value"]
-
-
-def rules_version() -> str:
-    return knowledge()["version"]
+__all__ = ["Assessment", "RedFlag", "assess", "rules_version"]
 
 
 @dataclass
@@ -48,8 +29,8 @@ class RedFlag:
     label: str
     evidence: list[Evidence]
     source: str
-    note: str = ""  # e.g. "ESR 62 mm/h (≥ 50: strong)"
-    strong: bool = False  # counts on its own for the imaging tier
+    note: str = ""  # e.g. "ESR ≥ 50 mm/h, strong"
+    strong: bool = False  # raises the flag's strongAlone tier
 
 
 @dataclass
@@ -57,14 +38,17 @@ class Assessment:
     applicable: bool
     tier: str = "none"
     red_flags: list[RedFlag] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)  # why this tier
+    decisive: list[str] = field(default_factory=list)  # ids of the flags that set the tier
+    rules: list[str] = field(default_factory=list)  # the rules that set it: "<flag>", "<flag>:strong", combinations
+    reasons: list[str] = field(default_factory=list)  # why this tier, in words
     source: str = ""  # the guidelines and studies behind the tier
     lbp_evidence: list[Evidence] = field(default_factory=list)
     lbp_days: int | None = None
-    known_cancer: bool = False  # qualifying cancer, metastatic disease or myeloma
-    probability: float | None = None  # estimated post-test probability of malignancy
-    probability_note: str = ""
+    known_cancer: bool = False  # any cancer history, metastatic disease or myeloma
+    probability: float | None = None  # estimated chance the back pain is due to cancer
+    probability_left_out: list[str] = field(default_factory=list)  # tier-setting flags without a likelihood ratio
     unavailable: list[str] = field(default_factory=list)
+    older_labs: list[Evidence] = field(default_factory=list)  # abnormal, too old to set a flag
 
     @property
     def flag_ids(self) -> list[str]:
@@ -78,24 +62,58 @@ class Assessment:
         return None if self.lbp_days is None else self.lbp_days / 7
 
 
-# ---------------------------------------------------------------- helpers
+class Flags(dict):
+    """The red flags found so far, by id, and the abnormal lab results too old to set one."""
+
+    def __init__(self):
+        super().__init__()
+        self.older_labs: list[Evidence] = []
+
+    def strong(self, flag_id: str) -> bool:
+        return flag_id in self and self[flag_id].strong
+
+
+# Functions that find flags needing more than a value-set match; each is registered for the flags it sets.
+RULES: dict[str, Callable[[Facts, Flags], None]] = {}
+
+
+def rule(*flag_ids: str):
+    def register(function):
+        for flag_id in flag_ids:
+            RULES[flag_id] = function
+        return function
+    return register
+
+
+def _days_ago(day: date | None, facts: Facts) -> int | None:
+    return None if day is None else (facts.today - day).days
+
+
+def _episode_within(facts: Facts, days: float) -> bool:
+    """Whether the current LBP episode began within the last ``days`` days."""
+    age = _days_ago(facts.lbp_onset, facts)
+    return age is not None and age <= days
+
+
+def _within(day: date | None, facts: Facts, days: float, episode_days: float | None = None) -> bool:
+    """On or after ``today - days``, or inside the current episode when it began within ``episode_days``."""
+    age = _days_ago(day, facts)
+    if age is None:
+        return False
+    if age <= days:
+        return True
+    return episode_days is not None and _episode_within(facts, episode_days) and day >= facts.lbp_onset
+
 
 def _is_new(finding: Finding, facts: Facts) -> bool:
-    """'New' = onset in the current LBP episode or the last 30 days; unknown onset counts as new."""
+    """'New' (issue 13): onset in the last 90 days, or in the current LBP episode when that episode
+    began within 12 months; an unknown onset counts as new, so a missing date never hides an emergency."""
     if finding.onset is None:
         return True
-    recent = facts.today - timedelta(days=int(threshold("new_symptom_days")))
-    episode = facts.lbp_onset
-    return finding.onset >= recent or (episode is not None and finding.onset >= episode)
-
-
-def _current(findings: list[Finding]) -> list[Finding]:
-    return [f for f in findings if f.active]
+    return _within(finding.onset, facts, threshold("new_symptom_days"), threshold("new_symptom_episode_days"))
 
 
 def _severe(finding: Finding) -> bool:
-    from fhir_mappings.terminology import value_set
-
     return finding.concept in ("cauda-equina-syndrome", "cord-compression") or bool(
         value_set("severe-deficit-modifier").match_text(finding.text))
 
@@ -104,7 +122,7 @@ def _years_since(day: date | None, today: date) -> float | None:
     return None if day is None else (today - day).days / 365.25
 
 
-def _flag(flags: dict, flag_id: str, evidence: list[Evidence], note: str = "", strong: bool = False) -> None:
+def _flag(flags: Flags, flag_id: str, evidence: list[Evidence], note: str = "", strong: bool = False) -> None:
     if not evidence:
         return
     meta = knowledge()["flags"][flag_id]
@@ -120,8 +138,10 @@ def _flag(flags: dict, flag_id: str, evidence: list[Evidence], note: str = "", s
 
 # ---------------------------------------------------------------- the flags
 
-def cancer_flags(facts: Facts, flags: dict) -> tuple[bool, bool]:
-    """cancer-history, metastatic-disease, myeloma. Returns (qualifying cancer, any cancer)."""
+@rule("cancer-history", "metastatic-disease", "myeloma")
+def cancer_flags(facts: Facts, flags: Flags) -> None:
+    """cancer-history (strong when qualifying: within 20 years, active or in remission), metastatic
+    disease and myeloma (which imply it)."""
     cancers = facts.having("malignancy", "cancer-personal-history", "metastatic-disease", "myeloma")
     treatments = facts.having("cancer-treatment")
     latest_treatment = max((t.last_activity or t.onset for t in treatments if t.last_activity or t.onset),
@@ -146,16 +166,16 @@ def cancer_flags(facts: Facts, flags: dict) -> tuple[bool, bool]:
     myeloma = [c.evidence for c in cancers if c.concept == "myeloma"]
     _flag(flags, "metastatic-disease", metastatic, strong=True)
     _flag(flags, "myeloma", myeloma, strong=True)
-    if qualifying:
-        _flag(flags, "cancer-history", [c.evidence for c in qualifying],
-              note=f"diagnosed, treated or active within {remote_years:g} years", strong=True)
+    if qualifying or metastatic or myeloma:
+        _flag(flags, "cancer-history", [c.evidence for c in qualifying] or metastatic + myeloma,
+              note=f"within {remote_years:g} years", strong=True)
     if remote:
         _flag(flags, "cancer-history", [c.evidence for c in remote],
               note=f"cured {remote_years:g} or more years ago: a weak flag only")
-    return bool(qualifying), bool(qualifying or remote)
 
 
-def weight_loss_flag(facts: Facts, flags: dict) -> None:
+@rule("unexplained-weight-loss")
+def weight_loss_flag(facts: Facts, flags: Flags) -> None:
     documented = [f.evidence for f in facts.having("unintentional-weight-loss")
                   if f.active and _recent_year(f, facts)]
     explained = [f for f in facts.having("weight-loss-explained") if _recent_year(f, facts, years=2)]
@@ -185,27 +205,41 @@ def _derived_weight_loss(facts: Facts) -> Evidence | None:
     loss = (start.value - latest.value) / start.value
     if loss <= threshold("weight_loss_fraction"):
         return None
+    months = round((latest.evidence.date - start.evidence.date).days / 30.44)
     return Evidence(
         reference=f"{start.evidence.reference}, {latest.evidence.reference}",
-        label=(f"Body weight fell {loss * 100:.1f} % ({start.evidence.value} on {start.evidence.date} "
-               f"→ {latest.evidence.value} on {latest.evidence.date})"),
+        label=f"Body weight fell {loss * 100:.1f} % in {months} months ({start.value:.1f} → {latest.value:.1f} kg)",
         date=latest.evidence.date, value=f"-{loss * 100:.1f} %", how="derived")
 
 
-def failure_to_improve_flag(facts: Facts, flags: dict, lbp_days: int | None) -> None:
+@rule("failure-to-improve")
+def failure_to_improve_flag(facts: Facts, flags: Flags) -> None:
+    """LBP for 4 weeks or more despite treatment, in an episode that began within 12 months; in a
+    longer (chronic) episode only when the record says the pain is worsening in the last 90 days."""
+    lbp_days = _days_ago(facts.lbp_onset, facts)
     if lbp_days is None or lbp_days < threshold("failure_to_improve_days"):
+        return
+    worsening = [f for f in facts.having("pain-worsening")
+                 if _within(max((d for d in (f.onset, f.recorded) if d), default=None), facts,
+                            threshold("worsening_days"))]
+    chronic = lbp_days > threshold("failure_to_improve_episode_days")
+    if chronic and not worsening:
         return
     start = facts.lbp_onset
     in_episode = [f for f in facts.having("analgesic-treatment", "physiotherapy")
                   if start is None or f.onset is None or f.onset >= start]
     in_episode += [e for e in facts.lbp_encounters if start is None or (e.onset and e.onset >= start)]
+    if in_episode and chronic:
+        in_episode += worsening
     _flag(flags, "failure-to-improve", [f.evidence for f in in_episode],
-          note=f"low back pain for {lbp_days // 7} weeks despite treatment")
+          note=f"low back pain for {lbp_days // 7} weeks despite treatment" + ("; worsening" if chronic else ""))
 
 
-def neuro_flags(facts: Facts, flags: dict, qualifying_cancer: bool) -> list[str]:
-    """neuro-deficit, bladder-bowel-dysfunction, saddle-anesthesia. Returns emergency reasons."""
-    reasons = []
+@rule("neuro-deficit", "bladder-bowel-dysfunction", "saddle-anesthesia")
+def neuro_flags(facts: Facts, flags: Flags) -> None:
+    """neuro-deficit (strong when severe, progressive, bilateral or cauda equina / cord compression),
+    bladder-bowel-dysfunction, saddle-anesthesia: new symptoms only (see _is_new)."""
+    qualifying_cancer = flags.strong("cancer-history")
     new = [f for f in facts.findings if (f.active or f.suspected) and _is_new(f, facts)]
     ces = [f for f in new if f.concept in ("cauda-equina-syndrome", "cord-compression")]
     motor = [f for f in new if f.concept == "motor-deficit"]
@@ -215,40 +249,22 @@ def neuro_flags(facts: Facts, flags: dict, qualifying_cancer: bool) -> list[str]
     if qualifying_cancer:
         deficit += [f for f in sensory if f not in deficit]
     _flag(flags, "neuro-deficit", [f.evidence for f in deficit],
-          note="severe, progressive or bilateral" if severe else "")
+          note="severe, progressive or bilateral" if severe else "new", strong=bool(severe))
     bladder = [f for f in new if f.concept in ("urinary-retention", "urinary-incontinence", "fecal-incontinence")]
     saddle = [f for f in new if f.concept == "saddle-anesthesia"]
     _flag(flags, "bladder-bowel-dysfunction", [f.evidence for f in bladder], note="new")
     _flag(flags, "saddle-anesthesia", [f.evidence for f in saddle], note="new")
-    if ces:
-        reasons.append("suspected cauda equina syndrome or cord compression")
-    if bladder:
-        reasons.append("new bladder or bowel dysfunction")
-    if saddle:
-        reasons.append("saddle anaesthesia")
-    if severe and not ces:
-        reasons.append("severe, progressive or bilateral neurological deficit")
-    if qualifying_cancer and (motor or sensory):
-        reasons.append("cancer history with a new neurological symptom: suspected metastatic spinal cord "
-                       "compression (NICE NG234)")
-    return reasons
 
 
-def symptom_flags(facts: Facts, flags: dict) -> None:
-    for concept in ("night-pain", "rest-pain"):
-        _flag(flags, concept, [f.evidence for f in facts.having(concept) if f.active or f.suspected])
-    for concept in ("injection-drug-use", "immunosuppression"):
-        _flag(flags, concept, [f.evidence for f in facts.having(concept) if f.active])
-
-
-def fever_flag(facts: Facts, flags: dict) -> None:
-    since = facts.today - timedelta(days=int(threshold("fever_lookback_days")))
-    if facts.lbp_onset and facts.lbp_onset < since:
-        since = facts.lbp_onset
+@rule("fever")
+def fever_flag(facts: Facts, flags: Flags) -> None:
+    """A temperature ≥ 38 °C taken in the last 30 days, or in an episode that began within 90 days."""
+    days, episode_days = threshold("fever_lookback_days"), threshold("fever_episode_days")
     cutoff = threshold("fever_cel")
     hot = [t.evidence for t in facts.series.get("body-temperature", [])
-           if t.value >= cutoff and (t.evidence.date is None or t.evidence.date >= since)]
-    coded = [f.evidence for f in facts.having("fever") if f.active and _is_new(f, facts)]
+           if t.value >= cutoff and (t.evidence.date is None or _within(t.evidence.date, facts, days, episode_days))]
+    coded = [f.evidence for f in facts.having("fever")
+             if f.active and (f.onset is None or _within(f.onset, facts, days, episode_days))]
     _flag(flags, "fever", hot + coded, note=f"≥ {cutoff:g} °C")
 
 
@@ -265,53 +281,79 @@ def _describe(what: str, name: str) -> str:
     return f"{what} {symbol} {item['value']:g}{'' if unit == '%' else ' '}{unit}".rstrip()
 
 
-def _graded(flags: dict, flag_id: str, result, weak: str, strong: str | None, what: str) -> None:
-    """Flag a lab beyond its weak threshold; beyond the strong one it counts alone for imaging."""
+def _graded(flags: Flags, older: list, facts: Facts, flag_id: str, result, weak: str, strong: str | None,
+            what: str) -> None:
+    """The newest usable result decides. Beyond the weak threshold it flags when it is from the last
+    90 days; beyond the strong one it counts alone for imaging for 12 months ("not repeated since").
+    An abnormal result older than that sets no flag and is kept in ``older`` for the card."""
     if result is None or not _beyond(result.value, weak):
         return
+    age = _days_ago(result.evidence.date, facts)
+    weak_days, strong_days = threshold("lab_weak_days"), threshold("lab_strong_days")
     is_strong = strong is not None and _beyond(result.value, strong)
-    note = _describe(what, strong) + ", strong" if is_strong else _describe(what, weak)
-    _flag(flags, flag_id, [result.evidence], strong=is_strong, note=note)
+    if is_strong and (age is None or age <= strong_days):
+        note = _describe(what, strong) + ", strong"
+        if age is not None and age > weak_days:
+            note += f"; not repeated since {result.evidence.date.isoformat()}"
+        _flag(flags, flag_id, [result.evidence], strong=True, note=note)
+    elif age is None or age <= weak_days:
+        _flag(flags, flag_id, [result.evidence], note=_describe(what, weak))
+    else:
+        older.append(result.evidence)
 
 
-def lab_flags(facts: Facts, flags: dict) -> None:
-    labs = facts.labs
+@rule("hypercalcemia", "anemia", "elevated-esr", "elevated-psa", "elevated-alkaline-phosphatase")
+def lab_flags(facts: Facts, flags: Flags) -> None:
+    """The lab flags; abnormal results too old to set one go to flags.older_labs (listed where labs are advised)."""
+    labs, older = facts.labs, flags.older_labs
     female_limits = facts.sex != "male"  # unknown sex: the lower (female) threshold
-    _graded(flags, "hypercalcemia", labs.get("calcium"), "calcium_mg_dl", None, "calcium")
+    _graded(flags, older, facts, "hypercalcemia", labs.get("calcium"), "calcium_mg_dl", None, "calcium")
     ionized = labs.get("ionized-calcium")
     if ionized:
         limit = ionized.reference_high or threshold("ionized_calcium_mmol_l")
         if ionized.value > limit:
-            _flag(flags, "hypercalcemia", [ionized.evidence], note=f"ionised calcium > {limit:g} mmol/L")
-    _graded(flags, "anemia", labs.get("hemoglobin"),
+            if _within(ionized.evidence.date, facts, threshold("lab_weak_days")) or ionized.evidence.date is None:
+                _flag(flags, "hypercalcemia", [ionized.evidence], note=f"ionised calcium > {limit:g} mmol/L")
+            else:
+                older.append(ionized.evidence)
+    _graded(flags, older, facts, "anemia", labs.get("hemoglobin"),
             "hemoglobin_female_g_dl" if female_limits else "hemoglobin_male_g_dl", "hemoglobin_strong_g_dl", "Hb")
-    _graded(flags, "anemia", labs.get("hematocrit"),
+    _graded(flags, older, facts, "anemia", labs.get("hematocrit"),
             "hematocrit_female_pct" if female_limits else "hematocrit_male_pct", "hematocrit_strong_pct",
             "haematocrit")
-    _graded(flags, "elevated-esr", labs.get("esr"), "esr_mm_h", "esr_strong_mm_h", "ESR")
-    _graded(flags, "elevated-psa", labs.get("psa"), "psa_ng_ml", "psa_strong_ng_ml", "PSA")
+    _graded(flags, older, facts, "elevated-esr", labs.get("esr"), "esr_mm_h", "esr_strong_mm_h", "ESR")
+    _graded(flags, older, facts, "elevated-psa", labs.get("psa"), "psa_ng_ml", "psa_strong_ng_ml", "PSA")
     for flag_id, diagnosis in (("hypercalcemia", "hypercalcemia-diagnosis"), ("anemia", "anemia-diagnosis"),
                                ("elevated-esr", "elevated-esr-diagnosis"), ("elevated-psa", "elevated-psa-diagnosis")):
-        _flag(flags, flag_id, [f.evidence for f in facts.having(diagnosis) if f.active])
+        # A coded abnormal result counts like a weak result: when dated in the last 90 days (or undated).
+        _flag(flags, flag_id, [f.evidence for f in facts.having(diagnosis) if f.active and (
+            (f.onset or f.recorded) is None or _within(max(d for d in (f.onset, f.recorded) if d), facts,
+                                                       threshold("lab_weak_days")))])
 
     alp = facts.labs.get("alkaline-phosphatase")
     if alp:
         limit = alp.reference_high if alp.reference_high is not None else threshold("alp_default_u_l")
         if alp.value > limit:
-            _flag(flags, "elevated-alkaline-phosphatase", [alp.evidence],
-                  note=f"above the upper reference limit {limit:g} U/L")
+            if alp.evidence.date is None or _within(alp.evidence.date, facts, threshold("lab_weak_days")):
+                _flag(flags, "elevated-alkaline-phosphatase", [alp.evidence],
+                      note=f"above the upper reference limit {limit:g} U/L")
+            else:
+                older.append(alp.evidence)
 
 
-def smoking_flag(facts: Facts, flags: dict) -> None:
+@rule("smoking")
+def smoking_flag(facts: Facts, flags: Flags) -> None:
     if facts.smoking_current is True and facts.smoking_status:
         _flag(flags, "smoking", [facts.smoking_status.evidence])
     elif facts.smoking_current is None:
         _flag(flags, "smoking", [f.evidence for f in facts.having("smoking-current") if f.active])
 
 
-def age_flags(facts: Facts, flags: dict, lbp_days: int | None) -> None:
+@rule("age-50-plus", "pediatric-persistent-pain")
+def age_flags(facts: Facts, flags: Flags) -> None:
     if facts.age is None:
         return
+    lbp_days = _days_ago(facts.lbp_onset, facts)
     patient = Evidence(facts.patient_reference or "Patient", "Age on the day of the request",
                        facts.today, f"{facts.age} years")
     if facts.age >= threshold("age_years"):
@@ -321,87 +363,118 @@ def age_flags(facts: Facts, flags: dict, lbp_days: int | None) -> None:
         _flag(flags, "pediatric-persistent-pain", [patient], note=f"low back pain for {lbp_days // 7} weeks")
 
 
+# ---------------------------------------------------------------- flags found from data alone
+
+def finding_flag(flag_id: str, facts: Facts, flags: Flags) -> None:
+    """A flag set by the findings of its value sets (``valueSets``), counted as ``counts`` says:
+    ``active``, ``active-or-suspected`` or ``new`` (active or suspected, with a new onset)."""
+    meta = knowledge()["flags"][flag_id]
+    counts = meta.get("counts", "active")
+    found = facts.having(*meta.get("valueSets", ()))
+    if counts == "active":
+        found = [f for f in found if f.active]
+    else:
+        found = [f for f in found if f.active or f.suspected]
+    if counts == "new":
+        found = [f for f in found if _is_new(f, facts)]
+    _flag(flags, flag_id, [f.evidence for f in found])
+
+
 # ---------------------------------------------------------------- the tier
+
+def _present(flags: Flags, reference: str) -> bool:
+    """'fever' is present; 'cancer-history:strong' is present and strong."""
+    flag_id, _, strength = reference.partition(":")
+    return flags.strong(flag_id) if strength == "strong" else flag_id in flags
+
+
+def _combination_fires(combination: dict, flags: Flags) -> list[str]:
+    """The flag ids behind a combination that applies, or [] when it does not."""
+    every = combination.get("all", [])
+    if not all(_present(flags, r) for r in every):
+        return []
+    used = [r.partition(":")[0] for r in every]
+    if combination.get("any"):
+        hits = [r.partition(":")[0] for r in combination["any"] if _present(flags, r)]
+        if not hits:
+            return []
+        used += hits
+    if "atLeast" in combination:
+        hits = [r.partition(":")[0] for r in combination["of"] if _present(flags, r)]
+        if len(hits) < combination["atLeast"]:
+            return []
+        used += hits
+    return used
+
+
+def tier_of(flags: Flags) -> tuple[str, list[str], list[str], list[str]]:
+    """(tier, decisive flag ids, rule ids, reasons): the highest tier any flag raises alone (or when
+    strong) or any combination raises; the flags and rules that reach that tier decide it."""
+    raised: list[tuple[str, str, list[str], str]] = []  # (tier, rule id, flag ids, why)
+    for flag_id, flag in flags.items():
+        meta = knowledge()["flags"][flag_id]
+        if flag.strong and meta.get("strongAlone"):
+            raised.append((meta["strongAlone"], f"{flag_id}:strong", [flag_id], flag.label.lower()))
+        else:
+            raised.append((meta.get("alone", "consider"), flag_id, [flag_id], flag.label.lower()))
+    for combination in knowledge()["combinations"]:
+        used = _combination_fires(combination, flags)
+        if used:
+            raised.append((combination["tier"], combination["id"], used, combination["why"]))
+    if not raised:
+        return "none", [], [], ["no red flag found"]
+    tier = max((r[0] for r in raised), key=rank)
+    top = [r for r in raised if r[0] == tier]
+    order = list(knowledge()["flags"])
+    decisive = sorted({f for _, _, used, _ in top for f in used}, key=order.index)
+    return tier, decisive, [r[1] for r in top], [r[3] for r in top]
+
 
 def assess(facts: Facts) -> Assessment:
     applicable = bool(facts.lbp) or bool(facts.orders)
-    lbp_days = (facts.today - facts.lbp_onset).days if facts.lbp_onset else None
+    lbp_days = _days_ago(facts.lbp_onset, facts)
     result = Assessment(applicable=applicable, lbp_days=lbp_days, unavailable=list(facts.unavailable),
                         lbp_evidence=[f.evidence for f in facts.lbp])
     if not applicable:
         return result
 
-    flags: dict[str, RedFlag] = {}
-    qualifying_cancer, _ = cancer_flags(facts, flags)
-    emergency = neuro_flags(facts, flags, qualifying_cancer)
-    age_flags(facts, flags, lbp_days)
-    weight_loss_flag(facts, flags)
-    failure_to_improve_flag(facts, flags, lbp_days)
-    symptom_flags(facts, flags)
-    fever_flag(facts, flags)
-    lab_flags(facts, flags)
-    smoking_flag(facts, flags)
+    flags = Flags()
+    done: set = set()
+    for flag_id in knowledge()["flags"]:  # in the file's order: cancer before the neurological flags
+        function = RULES.get(flag_id)
+        if function is None:
+            finding_flag(flag_id, facts, flags)
+        elif function not in done:
+            function(facts, flags)
+            done.add(function)
 
     order = list(knowledge()["flags"])
     result.red_flags = sorted(flags.values(), key=lambda f: order.index(f.id))
-    result.known_cancer = qualifying_cancer or "metastatic-disease" in flags or "myeloma" in flags
-    tiers = knowledge()["tiers"]
-
-    imaging = []
-    if result.known_cancer:
-        imaging.append("history of cancer (diagnosed, treated or active within 20 years), metastatic disease "
-                       "or myeloma")
-    for flag_id, why in (("elevated-esr", "ESR ≥ 50 mm/h"), ("anemia", "Hb < 10 g/dL or haematocrit < 30 %"),
-                         ("elevated-psa", "PSA ≥ 20 ng/mL")):
-        if flags.get(flag_id) and flags[flag_id].strong:
-            imaging.append(why)
-    weak = [i for i in ("age-50-plus", "unexplained-weight-loss", "failure-to-improve") if i in flags]
-    if qualifying_cancer:
-        weak.append("cancer-history")
-    if len(weak) >= 2:
-        imaging.append("two or more of age ≥ 50, unexplained weight loss, failure to improve, cancer history "
-                       f"({', '.join(weak)})")
-    if "fever" in flags and ("injection-drug-use" in flags or "immunosuppression" in flags):
-        imaging.append("fever with injection drug use or immunosuppression: possible spinal infection")
-
-    if emergency:
-        result.tier, result.reasons = "emergency", emergency
-    elif imaging:
-        result.tier, result.reasons = "imaging", imaging
-    elif flags:
-        result.tier, result.reasons = "consider", ["weaker red flags only"]
-    else:
-        result.tier, result.reasons = "none", ["no red flag found"]
-    result.source = tiers[result.tier]["source"]
-    result.probability, result.probability_note = estimate_probability(flags)
+    result.older_labs = flags.older_labs
+    result.known_cancer = any(f in flags for f in ("cancer-history", "metastatic-disease", "myeloma"))
+    result.tier, result.decisive, result.rules, result.reasons = tier_of(flags)
+    tiers = {t["id"]: t for t in knowledge()["tiers"]}
+    combos = {c["id"]: c for c in knowledge()["combinations"]}
+    sources = [combos[r]["source"] for r in result.rules if r in combos]
+    result.source = "; ".join(sources or [tiers[result.tier]["source"]])
+    if result.tier in ("consider", "imaging") and not result.known_cancer:
+        result.probability, result.probability_left_out = estimate_probability(flags, result.decisive)
     return result
 
 
-def estimate_probability(flags: dict[str, RedFlag]) -> tuple[float | None, str]:
-    """Post-test probability of malignancy from the pre-test probability and the flags' LR+.
-
-    Assumes the flags are independent (they are not, so the figure overestimates when several are
-    present); flags without a published LR+ are left out.
-    """
-    if "metastatic-disease" in flags or "myeloma" in flags:
-        return None, "not estimated: a malignancy with bone involvement is already known"
+def estimate_probability(flags: dict[str, RedFlag], decisive: list[str] = ()) -> tuple[float, list[str]]:
+    """Chance the back pain is due to cancer: the primary-care pre-test probability times the
+    likelihood ratio of every present flag that has one, assuming the flags are independent (they
+    are not, so several flags overestimate it). Returns it and the tier-setting flags left out."""
     lrs = knowledge()["likelihood_ratios"]
     pre = knowledge()["pretest_probability"]["value"]
-    used = []
-    for flag_id, flag in flags.items():
-        if flag_id == "cancer-history" and not flag.strong:
-            continue  # remote cured cancer
-        key = f"{flag_id}-strong" if flag.strong and f"{flag_id}-strong" in lrs else flag_id
-        if key in lrs:
-            used.append((flag_id, lrs[key]["value"]))
     odds = pre / (1 - pre)
-    for _, lr in used:
-        odds *= lr
-    post = odds / (1 + odds)
-    if used:
-        parts = ", ".join(f"{fid} LR+ {lr:g}" for fid, lr in used)
-        note = (f"estimate: pre-test {pre * 100:.1f} % in primary care (Deyo & Diehl 1988) × {parts}; "
-                "assumes the flags are independent, so it overestimates when several are present")
-    else:
-        note = f"estimate: pre-test {pre * 100:.1f} % in primary care (Deyo & Diehl 1988); no flag with a published LR+"
-    return post, note
+    left_out = []
+    for flag_id, flag in flags.items():
+        key = knowledge()["flags"][flag_id].get("lr", flag_id)
+        key = f"{key}-strong" if flag.strong and f"{key}-strong" in lrs else key
+        if key in lrs:
+            odds *= lrs[key]["value"]
+        elif flag_id in decisive:
+            left_out.append(flag_id)
+    return odds / (1 + odds), left_out

@@ -1,224 +1,208 @@
-"""Assessment (+ order ratings) → CDS Hooks 2.0 cards and systemActions.
+"""Assessment + plan (+ order ratings) → CDS Hooks 2.0 cards and systemActions. Formatting only:
+what to suggest is decided in cards/plan.py.
 
-Card uuids are derived from the hookInstance, so a retried call (EHRs retry on timeouts) gets
-the same cards with the same uuids on any worker, without shared state.
+A card reads in five seconds: a summary naming the patient's decisive finding and the action; then
+one line of why, the next step, one compact evidence line per flag, what could not be checked, and
+one short source line. FHIR references, codes and the rules version go to extension["lbp-redflags"].
+Card uuids derive from the hookInstance, so a retried call gets the same cards on any worker.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import uuid
-from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
-from .assess import Assessment, RedFlag, rules_version
-from .orders import ImagingOrder, Rating, rating_action
-from .suggestions import (
-    REASON_TYPES,
-    delete_order_action,
-    escalate_order_action,
-    replace_order_actions,
-    service_request,
-)
+from fhir_mappings.findings import Evidence
+from fhir_mappings.orders import ImagingOrder, orderable
 
-FHIR_REFERENCE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
-UUID_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-4e55-9a0c-5d2f0b7c9e41")
-INDICATORS = {"emergency": "critical", "imaging": "warning", "consider": "info", "none": "info"}
+from .assess import Assessment, RedFlag
+from .data import recommendations, red_flags, rules_version
+from .plan import CardContext, Plan, ago, shown_value, stable_uuid
+from .rating import Rating, appropriateness, modality_display, rating_action
+from .tiers import indicator
+
+CODE_SUFFIX = re.compile(r"\s*\((?:ICD-10-CM|SNOMED CT|LOINC|RxNorm|CPT|local code)\s[^)]*\)")
+SUMMARY_LIMIT = 139
+# Classification wording → the words a clinician says (display texts of ICD-10-CM are long).
+WORDING = (("Malignant neoplasm of ", "cancer of "), ("Secondary malignant neoplasm of ", "metastases to "),
+           ("unspecified site of ", ""), (", unspecified", ""), ("Retention of urine", "Urinary retention"))
 
 
-@cache
-def recommendations() -> dict:
-    return json.loads((Path(__file__).parent / "knowledge" / "recommendations.json").read_text(encoding="utf-8"))
+# ---------------------------------------------------------------- words for findings
+
+def plain(label: str) -> str:
+    """A record's label in plain words, without its code ("Malignant neoplasm of prostate (ICD-10-CM C61)"
+    → "Cancer of prostate")."""
+    text = CODE_SUFFIX.sub("", label or "").strip()
+    for old, new in WORDING:
+        text = text.replace(old, new)
+    text = text.replace('"', "").strip(" ()") or label
+    return text[0].upper() + text[1:]
 
 
-@dataclass(frozen=True)
-class CardContext:
-    hook: str
-    service_id: str
-    hook_instance: str
-    patient_id: str | None
-    encounter_id: str | None
-    source_url: str | None = None
+def finding_words(flag: RedFlag) -> str:
+    """The patient's finding in a few words: 'PSA 48 ng/mL', 'age 71', 'Prostate cancer'."""
+    meta = red_flags()["flags"][flag.id]
+    ev = flag.evidence[0]
+    how = meta.get("describe", "label")
+    if how == "value" and ev.value:
+        value = shown_value(ev).replace(" years", "") if flag.id == "age-50-plus" else shown_value(ev).lstrip("-")
+        return f"{meta['short']} {value}"
+    if how == "record":
+        words = plain(ev.label)
+        return words if len(words) <= 48 else words[:45].rsplit(" ", 1)[0] + "…"
+    if how == "note" and flag.note:
+        return f"{meta['short']} ({flag.note.split(';')[0]})"
+    return meta["short"]
 
 
-def stable_uuid(ctx: CardContext, *parts: str) -> str:
-    """Same call retried → same uuid; the patient is part of the key, so a hookInstance reused for
-    another patient never gives that patient's cards the first one's uuids."""
-    key = (ctx.service_id, ctx.hook_instance, ctx.patient_id or "") + parts
-    return str(uuid.uuid5(UUID_NAMESPACE, "|".join(key)))
+def findings_phrase(flags: list[RedFlag], limit: int) -> str:
+    words = [finding_words(f) for f in flags]
+    words = words[:1] + [w if w[:3].isupper() else w[0].lower() + w[1:] for w in words[1:]]
+    for n in range(len(words), 0, -1):
+        phrase = " + ".join(words[:n]) + (f" + {len(words) - n} more" if n < len(words) else "")
+        if len(phrase) <= limit:
+            return phrase
+    return words[0][:limit]
 
 
-# ---------------------------------------------------------------- text
+# ---------------------------------------------------------------- summary
 
-def _evidence_line(flag: RedFlag) -> str:
-    items = []
-    for ev in flag.evidence:
-        bits = [ev.label]
-        if ev.value:
-            bits.append(ev.value)
-        if ev.date:
-            bits.append(ev.date.isoformat())
-        if ev.status:
-            bits.append(ev.status)
-        items.append(f"{', '.join(str(b) for b in bits)} [{ev.reference}]")
-    note = f" ({flag.note})" if flag.note else ""
-    return f"- **{flag.label}**{note}: " + "; ".join(items) + f"  \n  _Source: {flag.source}_"
+def summary(assessment: Assessment, plan: Plan, order_hook: bool) -> str:
+    spec = plan.spec
+    if assessment.tier == "none":
+        key = "summary_order" if order_hook else "summary"
+        if assessment.unavailable:
+            key += "_incomplete"
+        return spec[key]
+    decisive = [assessment.flag(f) for f in assessment.decisive if assessment.flag(f)]
+    template = spec["summary"]
+    room = SUMMARY_LIMIT - len(template.replace("{findings}", ""))
+    text = template.replace("{findings}", findings_phrase(decisive, room))
+    text = text[0].upper() + text[1:]
+    return text if len(text) <= SUMMARY_LIMIT else text[:SUMMARY_LIMIT - 1] + "…"
 
 
-def detail_markdown(assessment: Assessment, next_step: str, ratings: list[tuple[ImagingOrder, Rating]]) -> str:
-    lines: list[str] = []
-    if assessment.red_flags:
-        lines.append("**Red flags found in the record**")
-        lines.extend(_evidence_line(flag) for flag in assessment.red_flags)
+# ---------------------------------------------------------------- detail
+
+def _evidence_item(ev: Evidence, today, what: str | None = None) -> str:
+    """'PSA 48 ng/mL, 10 days ago': what, value with unit, how long ago (and a status such as 'provisional')."""
+    if ev.reference.startswith("Patient/") or ev.reference == "Patient":
+        return shown_value(ev)  # age: the patient's age today
+    bits = [f"{what} {shown_value(ev)}" if what and ev.value else plain(ev.label)]
+    if ev.value and not what and ev.how != "derived":
+        bits.append(shown_value(ev))
+    if ev.date:
+        bits.append(ago(ev.date, today))
+    if ev.status:
+        bits.append(ev.status)
+    return ", ".join(bits)
+
+
+def _evidence_line(flag: RedFlag, today, items: int) -> str:
+    meta = red_flags()["flags"][flag.id]
+    what = meta["short"] if meta.get("describe") == "value" and meta.get("group") == "lab" else None
+    shown = [_evidence_item(ev, today, what) for ev in flag.evidence[:items]]
+    more = len(flag.evidence) - len(shown)
+    note = f" ({flag.note})" if flag.note and flag.note != "new" else ""
+    return f"- **{flag.label}**{note}: " + "; ".join(shown) + (f"; +{more} more" if more > 0 else "")
+
+
+def _why(assessment: Assessment) -> str:
+    decisive = [assessment.flag(f) for f in assessment.decisive if assessment.flag(f)]
+    if not decisive:
+        return "No red flag in the record."
+    words = findings_phrase(decisive, 400).replace(" + ", ", ")
+    duration = f" for {assessment.lbp_days // 7} weeks" if assessment.lbp_days and assessment.lbp_days >= 14 else ""
+    return f"{words[0].upper()}{words[1:]}, with low back pain{duration}."
+
+
+def _probability(assessment: Assessment) -> str | None:
+    if assessment.probability is None:
+        return None
+    percent = round(assessment.probability * 100)
+    line = f"{recommendations()['probability_label']}: {'< 1' if percent < 1 else percent} %"
+    if assessment.probability_left_out:
+        names = " and ".join(finding_words(assessment.flag(f)) for f in assessment.probability_left_out)
+        line += f"; it leaves out {names} (no published likelihood ratio)"
+    return line + "."
+
+
+def _order_line(order: ImagingOrder, rating: Rating) -> str:
+    table = appropriateness()
+    study = modality_display(order.modality)
+    if rating.acr_category:
+        verdict = table["acrCategories"][rating.acr_category]["display"].lower()
     else:
-        lines.append("**No red flag was found in the record.**")
-    lines.append("")
-    lines.append("**Why:** " + "; ".join(assessment.reasons) + f". _Source: {assessment.source}._")
-    lines.append("")
-    lines.append(f"**Recommended next step:** {next_step}")
-    for order, rating in ratings:
-        lines.append("")
-        lines.append(f"**Order rating** ({order.reference}): {rating.pama_code} — {rating.explanation} "
-                     f"_({rating.source})_")
-    if assessment.lbp_evidence:
-        ev = assessment.lbp_evidence[0]
-        since = f" since {ev.date.isoformat()}" if ev.date else ""
-        weeks = f" ({_duration(assessment.lbp_days)})" if assessment.lbp_days is not None else ""
-        lines.append("")
-        lines.append(f"**Low back pain:** {ev.label}{since}{weeks} [{ev.reference}]")
-    if assessment.tier == "emergency" and not assessment.known_cancer:
-        pass  # the emergency is compression, not malignancy: a cancer estimate would distract
-    elif assessment.probability is not None:
-        lines.append("")
-        lines.append(f"**Estimated probability of malignancy:** about {assessment.probability * 100:.1f} % "
-                     f"({assessment.probability_note}).")
-    elif assessment.probability_note and assessment.tier != "emergency":
-        lines.append("")
-        lines.append(f"**Estimated probability of malignancy:** {assessment.probability_note}.")
-    if assessment.unavailable:
-        lines.append("")
-        lines.append("**Not checked — data unavailable:** a missing flag below may be a missing record, "
-                     "not an absent finding.")
-        lines.extend(f"- {item}" for item in assessment.unavailable)
-    lines.append("")
-    lines.append(f"_Rules version {rules_version()}._")
-    return "\n".join(lines)
+        verdict = "not rated by ACR"
+    return f"- {study[0].upper()}{study[1:]}: {verdict} (PAMA {rating.pama_code})"
 
 
-def _duration(days: int) -> str:
-    if days < 14:
-        return f"{days} day{'s' if days != 1 else ''}"
-    return f"{days // 7} weeks"
+def _order_lines(ratings: list[tuple[ImagingOrder, Rating]], plan: Plan) -> list[str]:
+    """The drafted orders' ratings; a study rated appropriate but not the preferred one says why the
+    preferred one is (the card's suggestion replaces it)."""
+    if not ratings:
+        return []
+    variants = ", ".join(sorted({r.acr_variant for _, r in ratings}))
+    lines = ["**" + ("This order" if len(ratings) == 1 else "These orders") + f"** (ACR variant {variants}):"]
+    lines += [_order_line(o, r) for o, r in ratings]
+    preferred = plan.spec.get("study")
+    # In an emergency a drafted lumbar MRI is made STAT rather than replaced (ACR variant 4 rates both
+    # MRI studies usually appropriate), so only the studies the card replaces are compared.
+    kept = ("mri-without", "mri-without-with") if plan.situation == "emergency" else ()
+    not_preferred = [o for o, r in ratings if r.pama_code == "appropriate" and preferred and o.modality not in kept
+                     and o.orderable != preferred and orderable(preferred).get("modality") != o.modality]
+    if not_preferred:
+        target = orderable(preferred)
+        because = appropriateness().get("preferredBecause", {}).get(target.get("modality"), "")
+        names = " and ".join(sorted({modality_display(o.modality) for o in not_preferred}))
+        lines.append(f"{target['display']} is preferred over {names}" + (f": {because}." if because else "."))
+    return lines
 
 
-# ---------------------------------------------------------------- suggestions
+def detail_markdown(assessment: Assessment, plan: Plan, ratings: list[tuple[ImagingOrder, Rating]], today) -> str:
+    """The detail, shortened to fit: first the sources, then the weaker flags' evidence; the decisive
+    finding and the list of what could not be checked are never cut."""
+    limits = recommendations()["card_limits"]
+    quotes_notes = any(ev.how == "text" for f in assessment.red_flags for ev in f.evidence)
+    limit = limits["max_quoting_notes"] if quotes_notes else limits["max"]
+    spec = plan.spec
 
-def _reasons(assessment: Assessment) -> list[str]:
-    refs: list[str] = []
-    for flag in assessment.red_flags:
-        for ev in flag.evidence:
-            for ref in ev.reference.split(", "):
-                if FHIR_REFERENCE.match(ref) and ref.split("/")[0] in REASON_TYPES and ref not in refs:
-                    refs.append(ref)
-    return refs[:10]
+    def build(sources: str, weak_items: int | None) -> str:
+        lines = [f"**Why:** {_why(assessment)}", f"**Next step:** {spec['next_step']}"]
+        lines += _order_lines(ratings, plan)
+        if plan.urology:
+            lines.append("PSA of 20 ng/mL or more without a diagnosis: refer to urology as well.")
+        if plan.labs and plan.orders_unchecked:
+            lines.append("Active orders could not be read: check that the suggested labs are not already ordered.")
+        if plan.labs_not_repeated:
+            lines.append("Not repeated (recent result or already ordered): " + "; ".join(plan.labs_not_repeated) + ".")
+        if assessment.older_labs and spec.get("labs"):
+            lines.append("Older results, no longer counted: " + "; ".join(
+                f"last {_evidence_item(ev, today)}" for ev in assessment.older_labs) + ".")
+        if assessment.red_flags:
+            lines.append("**Evidence**")
+            weak = [f for f in assessment.red_flags if f.id not in assessment.decisive]
+            strong = [f for f in assessment.red_flags if f.id in assessment.decisive]
+            lines += [_evidence_line(f, today, 3) for f in strong]
+            if weak_items is None or weak_items > 0:
+                lines += [_evidence_line(f, today, weak_items or 2) for f in weak]
+            elif weak:
+                lines.append("- Also: " + ", ".join(f.label.lower() for f in weak))
+        probability = _probability(assessment)
+        if probability:
+            lines.append(probability)
+        if assessment.unavailable:
+            lines.append("**Not checked (data unavailable):** " + "; ".join(assessment.unavailable) + ".")
+        lines.append(f"_Sources: {sources}_")
+        return "\n\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:])
 
-
-def _create(ctx: CardContext, orderable: str, assessment: Assessment, priority: str, description: str) -> dict:
-    return {
-        "type": "create",
-        "description": description,
-        "resource": service_request(orderable, patient_id=ctx.patient_id, encounter_id=ctx.encounter_id,
-                                    reasons=_reasons(assessment), priority=priority),
-    }
-
-
-def _lab_orderables(assessment: Assessment, sex: str | None, age: int | None) -> list[str]:
-    labs = list(recommendations()["labs"]["orderables"])
-    if sex == "male" and age is not None and age >= 50:
-        labs.append(recommendations()["labs"]["psa_orderable"])
-    return labs
-
-
-def _suggestion(ctx: CardContext, key: str, label: str, actions: list[dict], recommended: bool) -> dict:
-    return {"label": label, "uuid": stable_uuid(ctx, "suggestion", key), "isRecommended": recommended,
-            "actions": actions}
-
-
-def _labs_suggestion(ctx, assessment, sex, age, recommended=False) -> dict:
-    actions = [_create(ctx, lab, assessment, "routine", f"Order {lab.removeprefix('lab-').upper()}")
-               for lab in _lab_orderables(assessment, sex, age)]
-    return _suggestion(ctx, "labs", "Order labs: ESR, CRP, CBC, calcium, alkaline phosphatase"
-                       + (", PSA" if len(actions) > len(recommendations()["labs"]["orderables"]) else ""),
-                       actions, recommended)
-
-
-def chart_suggestions(ctx: CardContext, assessment: Assessment, sex, age) -> list[dict]:
-    tier = assessment.tier
-    spec = recommendations()["tiers"][tier]
-    out = []
-    if tier == "emergency":
-        cancer = assessment.known_cancer
-        referral = spec["referral_cancer" if cancer else "referral"]
-        study = spec["study_cancer" if cancer else "study"]
-        out.append(_suggestion(ctx, "referral", "Refer for same-day emergency evaluation",
-                               [_create(ctx, referral, assessment, "stat", "Same-day emergency referral")], True))
-        out.append(_suggestion(ctx, "study", "Order emergency MRI" + (" of the whole spine" if cancer else ""),
-                               [_create(ctx, study, assessment, "stat", "Emergency MRI")], True))
-    elif tier == "imaging":
-        out.append(_suggestion(ctx, "study", "Order MRI lumbar spine without and with IV contrast",
-                               [_create(ctx, spec["study"], assessment, spec["priority"],
-                                        "MRI lumbar spine without and with IV contrast")], True))
-        out.append(_labs_suggestion(ctx, assessment, sex, age, recommended=True))
-    elif tier == "consider":
-        out.append(_labs_suggestion(ctx, assessment, sex, age, recommended=True))
-    return out
-
-
-def order_suggestions(ctx: CardContext, assessment: Assessment, orders: list[ImagingOrder], sex, age,
-                      ratings: dict[str, Rating] | None = None) -> list[dict]:
-    tier = assessment.tier
-    spec = recommendations()["tiers"][tier]
-    out: list[dict] = []
-    if tier == "emergency":
-        study = spec["study_cancer" if assessment.known_cancer else "study"]
-        for order in orders:
-            if order.orderable == study or (order.modality.startswith("mri") and not assessment.known_cancer):
-                out.append(_suggestion(ctx, f"stat-{order.reference}", "Make this MRI a STAT order",
-                                       [escalate_order_action(
-                                           order, "stat", rating=(ratings or {}).get(order.reference),
-                                           consult_id=stable_uuid(ctx, "consult", order.reference)
-                                           if (ratings or {}).get(order.reference) else None)], True))
-            else:
-                out.append(_suggestion(ctx, f"replace-{order.reference}",
-                                       "Replace with STAT MRI" + (" of the whole spine" if assessment.known_cancer
-                                                                  else " lumbar spine without and with contrast"),
-                                       replace_order_actions(order, study, patient_id=ctx.patient_id,
-                                                             encounter_id=ctx.encounter_id,
-                                                             reasons=_reasons(assessment), priority="stat"), True))
-        referral = spec["referral_cancer" if assessment.known_cancer else "referral"]
-        out.append(_suggestion(ctx, "referral", "Refer for same-day emergency evaluation",
-                               [_create(ctx, referral, assessment, "stat", "Same-day emergency referral")], True))
-    elif tier == "imaging":
-        for order in orders:
-            if order.orderable != spec["study"]:
-                out.append(_suggestion(ctx, f"replace-{order.reference}",
-                                       "Replace with MRI lumbar spine without and with IV contrast",
-                                       replace_order_actions(order, spec["study"], patient_id=ctx.patient_id,
-                                                             encounter_id=ctx.encounter_id,
-                                                             reasons=_reasons(assessment),
-                                                             priority=spec["priority"]),
-                                       order.modality in ("radiograph", "ct")))
-        out.append(_labs_suggestion(ctx, assessment, sex, age, recommended=True))
-    elif tier == "consider":
-        out.append(_labs_suggestion(ctx, assessment, sex, age, recommended=True))
-    if tier in ("consider", "none"):
-        for order in orders:
-            if order.resource_id:
-                out.append(_suggestion(ctx, f"remove-{order.reference}", "Remove the imaging order",
-                                       [delete_order_action(order)], tier == "none"))
-    return out
+    text = build(spec["sources"], None)
+    for sources, weak_items in ((spec["sources_short"], None), (spec["sources_short"], 1),
+                                (spec["sources_short"], 0)):
+        if len(text) <= limit:
+            break
+        text = build(sources, weak_items)
+    return text
 
 
 # ---------------------------------------------------------------- the card
@@ -228,61 +212,48 @@ def _links(keys: list[str]) -> list[dict]:
     return [{"label": links[k]["label"], "url": links[k]["url"], "type": "absolute"} for k in keys]
 
 
-def _summary(assessment: Assessment, order_hook: bool) -> str:
-    spec = recommendations()["tiers"][assessment.tier]
-    if assessment.tier == "emergency" and assessment.known_cancer:
-        text = spec["summary_cancer"]
-    elif assessment.tier == "imaging" and not assessment.known_cancer and any(
-            f.id == "fever" for f in assessment.red_flags) and not any(
-            f.strong for f in assessment.red_flags):
-        text = spec["summary_infection"]
-    elif assessment.tier == "none" and order_hook:
-        text = spec["summary_order_incomplete" if assessment.unavailable else "summary_order"]
-    elif assessment.tier == "none" and assessment.unavailable:
-        text = spec["summary_incomplete"]
-    else:
-        text = spec["summary"]
-    return text if len(text) < 140 else text[:136] + "..."
+def _source(ctx: CardContext, plan: Plan) -> dict:
+    systems = recommendations()["code_systems"]
+    source = {"label": recommendations()["source_label"], "topic": {"system": systems["topic"], **plan.spec["topic"]}}
+    if ctx.source_url:
+        source["url"] = ctx.source_url
+    return source
 
 
-def build_card(ctx: CardContext, assessment: Assessment, *, sex=None, age=None,
-               orders: list[ImagingOrder] | None = None,
-               ratings: list[tuple[ImagingOrder, Rating]] | None = None) -> dict:
+def build_card(ctx: CardContext, assessment: Assessment, plan: Plan, *, today,
+               ratings: list[tuple[ImagingOrder, Rating]] | None = None, order_hook: bool = False) -> dict:
     tier = assessment.tier
-    spec = recommendations()["tiers"][tier]
-    order_hook = orders is not None
-    next_step = spec["next_step_cancer"] if tier == "emergency" and assessment.known_cancer else spec["next_step"]
-    suggestions = (order_suggestions(ctx, assessment, orders, sex, age, {o.reference: r for o, r in ratings or []})
-                   if order_hook
-                   else chart_suggestions(ctx, assessment, sex, age))
     systems = recommendations()["code_systems"]
     card = {
         "uuid": stable_uuid(ctx, "card", tier),
-        "summary": _summary(assessment, order_hook),
-        "detail": detail_markdown(assessment, next_step, ratings or []),
-        "indicator": INDICATORS[tier],
-        "source": {
-            "label": recommendations()["source_label"],
-            "topic": {"system": systems["topic"], **spec["topic"]},
-        },
+        "summary": summary(assessment, plan, order_hook),
+        "detail": detail_markdown(assessment, plan, ratings or [], today),
+        "indicator": indicator(tier),
+        "source": _source(ctx, plan),
     }
-    if ctx.source_url:
-        card["source"]["url"] = ctx.source_url
-    if suggestions:
-        card["suggestions"] = suggestions
+    if plan.suggestions:
+        card["suggestions"] = plan.suggestions
         card["selectionBehavior"] = "any"
     card["overrideReasons"] = [{"system": systems["override_reason"], **reason}
                                for reason in recommendations()["override_reasons"][tier]]
-    card["links"] = _links(spec["links"])
+    card["links"] = _links(plan.spec["links"])
     card["extension"] = {"lbp-redflags": extension(assessment, ratings or [])}
     return card
 
 
 def extension(assessment: Assessment, ratings: list[tuple[ImagingOrder, Rating]]) -> dict:
+    """What a machine (or an audit) needs and a clinician does not read: references, codes, rules version."""
     ext = {
         "tier": assessment.tier,
         "redFlags": assessment.flag_ids,
-        "evidence": {flag.id: sorted({ev.reference for ev in flag.evidence}) for flag in assessment.red_flags},
+        "decisive": list(assessment.decisive),
+        "rules": list(assessment.rules),
+        "evidence": {flag.id: sorted({r for ev in flag.evidence for r in ev.reference.split(", ")})
+                     for flag in assessment.red_flags},
+        "records": [{"flag": flag.id, "reference": ev.reference, "label": ev.label,
+                     **({"date": ev.date.isoformat()} if ev.date else {}),
+                     **({"value": ev.value} if ev.value else {})}
+                    for flag in assessment.red_flags for ev in flag.evidence],
         "dataComplete": not assessment.unavailable,
         "rulesVersion": rules_version(),
     }
@@ -290,6 +261,8 @@ def extension(assessment: Assessment, ratings: list[tuple[ImagingOrder, Rating]]
         ext["unavailable"] = list(assessment.unavailable)
     if assessment.lbp_days is not None:
         ext["lbpDays"] = assessment.lbp_days
+    if assessment.lbp_evidence:
+        ext["lowBackPain"] = [ev.reference for ev in assessment.lbp_evidence]
     if assessment.probability is not None:
         ext["estimatedProbability"] = round(assessment.probability, 4)
     if ratings:
@@ -299,27 +272,22 @@ def extension(assessment: Assessment, ratings: list[tuple[ImagingOrder, Rating]]
     return ext
 
 
-def follow_up_card(ctx: CardContext, assessment: Assessment, ratings: list[tuple[ImagingOrder, Rating]]) -> dict:
+def follow_up_card(ctx: CardContext, assessment: Assessment, plan: Plan,
+                   ratings: list[tuple[ImagingOrder, Rating]]) -> dict:
     """order-sign after the clinician accepted the same advice at order-select: the rating only."""
     worst = "not-appropriate" if any(r.pama_code == "not-appropriate" for _, r in ratings) else "appropriate"
-    lines = [f"**Order rating** ({o.reference}): {r.pama_code} — {r.explanation} _({r.source})_" for o, r in ratings]
-    lines.append("")
-    lines.append("The full red-flag advice for this patient and study was shown and accepted at order "
-                 "selection; it is not repeated here.")
+    lines = _order_lines(ratings, plan)
+    lines.append("The full advice for this patient and study was shown and accepted at order selection.")
     if assessment.unavailable:
-        lines.append("")
-        lines.append("**Not checked — data unavailable:**")
-        lines.extend(f"- {item}" for item in assessment.unavailable)
+        lines.append("**Not checked (data unavailable):** " + "; ".join(assessment.unavailable) + ".")
     ext = extension(assessment, ratings)
     ext["followUp"] = True
     return {
         "uuid": stable_uuid(ctx, "card", assessment.tier),
         "summary": f"Lumbar imaging rated {worst.replace('-', ' ')}; advice already accepted at order selection",
-        "detail": "\n".join(lines),
-        "indicator": INDICATORS[assessment.tier],
-        "source": {"label": recommendations()["source_label"],
-                   "topic": {"system": recommendations()["code_systems"]["topic"],
-                             **recommendations()["tiers"][assessment.tier]["topic"]}},
+        "detail": "\n\n".join(lines),
+        "indicator": indicator(assessment.tier),
+        "source": _source(ctx, plan),
         "extension": {"lbp-redflags": ext},
     }
 

@@ -5,7 +5,7 @@ fhir.resources 8 ships FHIR R5 models by default and no separate R4 (4.0.1) pack
 (4.3.0) models are used instead: ServiceRequest has the same elements in R4 and R4B, so a
 resource that validates here is valid R4.
 
-Choices (see also the module docstring of ``cards.orders``):
+Choices:
 
 * ``status`` is ``draft`` and ``intent`` is ``proposal``. FHIR defines a proposal as "a suggestion
   made by someone/something that does not have an intention to ensure it occurs and without
@@ -29,14 +29,10 @@ from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
-from cards.orders import (
-    ImagingOrder,
-    Rating,
-    category_coding,
-    modality_display,
-    with_rating,
-)
-from cards.orders import orderable as _orderable_entry
+from fhir_mappings.orders import ImagingOrder, category_coding
+from fhir_mappings.orders import orderable as _orderable_entry
+
+from .rating import Rating, modality_display, with_rating
 
 PRIORITIES = ("routine", "urgent", "asap", "stat")
 REASON_TYPES = ("Condition", "Observation", "DiagnosticReport", "DocumentReference")  # R4 reasonReference

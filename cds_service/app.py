@@ -4,28 +4,46 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, g, has_request_context
 from flask_cors import CORS
+from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import auth
+from . import auth, metrics
 from .errors import register_error_handlers
 from .fhir_client import FhirClient
 from .settings import Settings, SettingsError, load_settings
 from .store import SchemaError, Store
 
 
+class HookInstanceFilter(logging.Filter):
+    """Adds the call's hookInstance (the correlation id an EHR can quote) to records logged during a call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "hookInstance") and has_request_context() and g.get("hook_instance"):
+            record.hookInstance = g.hook_instance
+        return True
+
+
+def json_formatter() -> logging.Formatter:
+    """One JSON object per line: time, level, logger, message, pid, and hookInstance when there is one."""
+    return JsonFormatter("{levelname}{name}{message}{process}", style="{", timestamp="time",
+                         rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
+                         json_ensure_ascii=False)
+
+
 def configure_logging(level: str) -> None:
-    """One stderr handler for the service's own loggers (gunicorn adds none for them).
+    """One stderr handler, JSON lines, for the service's own loggers (gunicorn adds none for them).
 
     Log records carry service ids, hookInstance, resource types, statuses and timings only:
-    never tokens, query strings or patient identifiers.
+    never tokens, query strings, patient identifiers, names or note text.
     """
     logger = logging.getLogger("lbp_redflags")
     logger.setLevel(level.upper())
     if not any(getattr(h, "_lbp", False) for h in logger.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(json_formatter())
+        handler.addFilter(HookInstanceFilter())
         handler._lbp = True
         logger.addHandler(handler)
 
@@ -100,4 +118,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     dashboard.register(app, settings)
     ratelimit.init_app(app, settings.rate_limit_per_minute)
     register_error_handlers(app)
+    metrics.init_app(app)
+    store.on_loss(lambda rows, _reason: metrics.count_audit_rows_lost(rows))
     return app

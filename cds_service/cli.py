@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 import textwrap
 import uuid
 from pathlib import Path
@@ -17,10 +20,19 @@ EXAMPLES_DIR = Path(__file__).parent / "example_patients"
 
 # ---------------------------------------------------------------- serve
 
+def _metrics_directory() -> str:
+    """A directory of our own for the workers' metric files (prometheus-client multiprocess mode).
+
+    Set before the app (and prometheus_client) is imported: the client picks its mode at import.
+    """
+    path = tempfile.mkdtemp(prefix="lbp-redflags-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
 def cmd_serve(args) -> int:
     from gunicorn.app.base import BaseApplication
-
-    from .app import create_app
+    from gunicorn.glogging import Logger
 
     try:
         settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers)
@@ -35,35 +47,65 @@ def cmd_serve(args) -> int:
     if settings.local_profile:
         print("lbp-redflags: no configuration file: local profile (loopback only, authentication off, "
               "plain-http and loopback FHIR servers allowed, no rate limit)", flush=True)
-    app = create_app(settings)  # migrates the database first when migrate_on_start
+    metrics_dir = _metrics_directory()
+    from prometheus_client import multiprocess
+
+    from .app import create_app, json_formatter
+
+    master = os.getpid()
+    try:
+        app = create_app(settings)
+    except BaseException:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        raise
     start_retention(app.extensions["lbp_store"], settings.retention_days)
     bind = f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
 
     def when_ready(server) -> None:
         # Printed by the master once its socket is bound: a port in use never says "serving".
         for listener in server.LISTENERS:
-            address = str(listener)
-            address = address if "://" in address else f"http://{address}"
-            print(f"lbp-redflags: serving CDS Hooks discovery at {address}/cds-services", flush=True)
+            url = str(listener) if "://" in str(listener) else f"http://{listener}"
+            print(f"lbp-redflags: serving CDS Hooks discovery at {url}/cds-services", flush=True)
+
+    def child_exit(server, worker) -> None:
+        multiprocess.mark_process_dead(worker.pid)  # its live gauges go; its counters still count
+
+    class JsonLogger(Logger):
+        """gunicorn's error and access logs as JSON lines, like the service's own."""
+
+        def setup(self, cfg):
+            super().setup(cfg)
+            for logger in (self.error_log, self.access_log):
+                for handler in logger.handlers:
+                    handler.setFormatter(json_formatter())
 
     class Server(BaseApplication):
         def load_config(self):
             self.cfg.set("bind", bind)
             self.cfg.set("workers", settings.workers)
             self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", 4)
+            self.cfg.set("threads", settings.threads)
+            self.cfg.set("graceful_timeout", settings.graceful_timeout)
             self.cfg.set("timeout", int(settings.fhir_total_timeout) + 30)
             self.cfg.set("accesslog", "-")
             self.cfg.set("when_ready", when_ready)
             # Workers must not share the master's database connections (opened by the migration).
             self.cfg.set("post_fork", lambda _server, _worker: app.extensions["lbp_store"].engine.dispose(close=False))
+            self.cfg.set("child_exit", child_exit)
+            self.cfg.set("logger_class", JsonLogger)
+            # Managed by signals (SIGTERM: graceful stop); no control socket shared in $HOME by every instance.
+            self.cfg.set("control_socket_disable", True)
             # The access log keeps the path and status only: no query strings, no headers (tokens).
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
 
         def load(self):
             return app
 
-    Server().run()
+    try:
+        Server().run()
+    finally:
+        if os.getpid() == master:  # a worker leaves through here too (SystemExit after fork)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -232,6 +274,9 @@ def cmd_load_fhir(args) -> int:
     headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
+    if args.wait and not _wait_for_fhir(base, headers, args.wait):
+        print(f"lbp-redflags: {base} did not answer GET /metadata within {args.wait:g} s", file=sys.stderr)
+        return 1
     failed = 0
     for name in args.files:
         path = Path(name)
@@ -255,6 +300,24 @@ def cmd_load_fhir(args) -> int:
         print(f"{path.name}: {len(statuses)} entries, " + ("all stored" if not bad else f"failed: {bad}"))
         failed += bool(bad)
     return 1 if failed else 0
+
+
+def _wait_for_fhir(base: str, headers: dict, seconds: float) -> bool:
+    """Poll the server's CapabilityStatement until it answers 200 (a FHIR server still starting)."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if requests.get(f"{base}/metadata", headers=headers, timeout=(5, 30)).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
 def cmd_check(args) -> int:
@@ -343,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("base_url")
     load.add_argument("files", nargs="+", help="transaction Bundle files (or names of the bundled examples)")
     load.add_argument("--token", default=None, help="bearer token for the FHIR server")
+    load.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                      help="first wait up to SECONDS for the server to answer GET /metadata (a server starting up)")
     load.set_defaults(func=cmd_load_fhir)
 
     check = sub.add_parser("check", help="run a hook for a patient on a live FHIR server and print the cards")

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import ServiceError
 from .hooks import read_json_body, service_or_404
+from .metrics import count_feedback
 from .store import UnknownCards
 from .validation import problems
 
@@ -37,6 +38,7 @@ def give_feedback(service_id: str):
     issuer = getattr(g.get("cds_client"), "issuer", None)
     try:
         stored, repeated = current_app.extensions["lbp_store"].record_feedback(service.id, body["feedback"], issuer)
+        count_feedback(service.id, body["feedback"])
     except UnknownCards as exc:
         raise ServiceError(404, "unknown card: no card with this uuid was shown by this service to this client; "
                                 "no feedback in this request was stored",

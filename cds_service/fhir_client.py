@@ -292,16 +292,17 @@ class FhirClient:
     # ------------------------------------------------------------------ public
 
     def fetch_all(self, base_url: str, queries: dict[str, str], token: str | None, *,
-                  policy: OutboundPolicy | None = None) -> dict[str, FetchResult]:
+                  policy: OutboundPolicy | None = None, deadline: float | None = None) -> dict[str, FetchResult]:
         """Fetch every query in parallel; one FetchResult per key, within fhir_total_timeout.
 
         policy: which servers may be called (`outbound.policy_for` the calling client); by default
         that of these settings without a client. A base_url the policy refuses is not contacted:
         every key fails with "FHIR server not allowed". Every request, paging links included, goes
-        through the same guard, and connects only to addresses it checked.
+        through the same guard, and connects only to addresses it checked. `deadline` (a
+        `time.monotonic()` instant: the caller's own deadline) ends the call earlier.
         """
         started = time.monotonic()
-        deadline = started + self.settings.fhir_total_timeout
+        deadline = min(started + self.settings.fhir_total_timeout, deadline or float("inf"))
         policy = policy or outbound.policy_for(self.settings, None)
         try:
             policy.check_url(base_url or "", base=True)

@@ -12,21 +12,24 @@ from functools import partial
 from flask import Blueprint, current_app, g, jsonify, request
 
 from cards import respond
+from cards.data import rules_version
 from fhir_mappings.record import PatientRecord
 from fhir_mappings.terminology import server_answers
 
 from . import outbound
 from .errors import ServiceError, body_too_large
+from .metrics import count_cards, metered
 from .prefetch import gather
 from .services import SERVICES, discovery
 from .store import CallRecord
-from .switches import apply_switches, rules_version, work_up_done_reasons
+from .switches import apply_switches, work_up_done_reasons
 from .terminology_server import lookups
 from .validation import check_draft_orders, check_limits, problems, setting_name
 
 bp = Blueprint("hooks", __name__)
 SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,256}$")  # what may be written to the log as a hookInstance
 log = logging.getLogger("lbp_redflags.hooks")
+RENDER_MARGIN_SECONDS = 0.5  # of the hook's deadline, kept to read the record and render the cards
 
 
 @bp.get("/cds-services")
@@ -71,6 +74,13 @@ def read_json_body() -> dict:
     return body
 
 
+def fetch_deadline(settings, started: float) -> float:
+    """When FHIR fetching stops (a time.monotonic() instant): at fhir_total_timeout, or earlier when the
+    hook's deadline, less a margin to build the cards from what has arrived, comes first."""
+    deadline = settings.hook_deadline_seconds
+    return started + min(settings.fhir_total_timeout, deadline - min(RENDER_MARGIN_SECONDS, deadline / 4))
+
+
 def service_or_404(service_id: str):
     service = SERVICES.get(service_id)
     if service is None:
@@ -112,7 +122,7 @@ def fhir_server_policy(settings, fhir_server: str | None) -> outbound.OutboundPo
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str):
-    started = time.perf_counter()
+    started = time.monotonic()
     service = service_or_404(service_id)
     body = read_json_body()
     hook_instance = body.get("hookInstance")
@@ -124,7 +134,8 @@ def call_service(service_id: str):
     policy = fhir_server_policy(settings, fhir_server)
 
     client = current_app.extensions["lbp_fhir_client"]
-    gathered = gather(body, partial(client.fetch_all, policy=policy) if fhir_server else None)
+    fetcher = partial(client.fetch_all, policy=policy, deadline=fetch_deadline(settings, started))
+    gathered = gather(body, metered(fetcher) if fhir_server else None)
     context = body["context"]
     record = PatientRecord.from_resources(
         gathered.resources,
@@ -153,11 +164,12 @@ def call_service(service_id: str):
         service.id, service.hook, body["hookInstance"], patient_id, response.get("cards", []),
         held_back=switched.held_back, client_issuer=getattr(g.get("cds_client"), "issuer", None),
         fetched_from_fhir="fetched" in gathered.sources.values(), silent=switched.silent,
-        snoozed=switched.snoozed, latency_ms=(time.perf_counter() - started) * 1000, rules_version=rules_version()))
+        snoozed=switched.snoozed, latency_ms=(time.monotonic() - started) * 1000, rules_version=rules_version()))
     response = switched.response
+    count_cards(service.id, response.get("cards", []))
 
     log.info("hook=%s hookInstance=%s cards=%d held_back=%d sources=%s elapsed_ms=%.1f", service.hook,
              body["hookInstance"], len(response.get("cards", [])), len(switched.held_back),
              ",".join(f"{k}:{v}" for k, v in gathered.sources.items()),
-             (time.perf_counter() - started) * 1000)
+             (time.monotonic() - started) * 1000)
     return jsonify(response)

@@ -276,6 +276,8 @@ def prefetch_for(resources: list[dict]) -> dict:
             included = medications.get(medication_id(ref.get("reference") if isinstance(ref, dict) else None))
             if included is not None and (included, "include") not in bundles[keys[rtype]]:
                 bundles[keys[rtype]].append((included, "include"))
+        elif rtype == "ServiceRequest" and resource.get("status") == "active":
+            bundles["activeServiceRequests"].append((resource, "match"))
         elif rtype == "Observation":
             categories = {c.get("code") for cat in resource.get("category") or [] if isinstance(cat, dict)
                           for c in cat.get("coding") or [] if isinstance(c, dict)}

@@ -15,8 +15,9 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import select
 
+from cards.data import recommendations, red_flags
+
 from .store import Store, feedback_items, hook_calls, issued_cards, utc
-from .switches import knowledge
 
 TIERS = ("emergency", "imaging", "consider", "none")
 DEFAULT_DAYS = 30
@@ -58,10 +59,9 @@ def share(part: int, whole: int) -> float | None:
 
 
 def reason_labels() -> dict[tuple[str, str], str]:
-    recommendations = knowledge("recommendations.json")
-    system = recommendations["code_systems"]["override_reason"]
-    return {(system, r["code"]): r["display"] for reasons in recommendations["override_reasons"].values()
-            for r in reasons}
+    known = recommendations()
+    system = known["code_systems"]["override_reason"]
+    return {(system, r["code"]): r["display"] for reasons in known["override_reasons"].values() for r in reasons}
 
 
 def load(store: Store, filters: Filters) -> tuple[list, list, list]:
@@ -126,10 +126,10 @@ def figures(store: Store, filters: Filters) -> dict:
                 "acceptance_rate": share(accepted, len(group)), "override_rate": share(overridden, len(group))}
 
     by_type = [{"tier": t, **rates([c for c in shown if c["tier"] == t])} for t in TIERS]
-    flag_order = list(knowledge("red_flags.json")["flags"])
+    flag_order = list(red_flags()["flags"])
     flags_seen = sorted({f for c in shown for f in json.loads(c["red_flags"])},
                         key=lambda f: flag_order.index(f) if f in flag_order else len(flag_order))
-    by_flag = [{"flag": f, "label": knowledge("red_flags.json")["flags"].get(f, {}).get("label", f),
+    by_flag = [{"flag": f, "label": red_flags()["flags"].get(f, {}).get("label", f),
                 **rates([c for c in shown if f in json.loads(c["red_flags"])])} for f in flags_seen]
 
     labels = reason_labels()

@@ -47,6 +47,7 @@ def prefetch_templates() -> dict[str, str]:
     templates = {
         "patient": "Patient/{{context.patientId}}",
         "conditions": f"Condition?{_PATIENT}&_count={PAGE_SIZE}",
+        "activeServiceRequests": f"ServiceRequest?{_PATIENT}&status=active&_count={PAGE_SIZE}",
     }
     for key, category in _OBSERVATION_KEYS.items():
         templates[key] = f"Observation?{_PATIENT}&category={category}&_sort=-date&_count={PAGE_SIZE}"
@@ -120,10 +121,11 @@ KEY_DESCRIPTIONS = {
     "medicationStatements": "medication statements",
     "medicationAdministrations": "medication administrations (e.g. chemotherapy infusions)",
     UNCATEGORISED_KEY: "observations without a category (e.g. symptoms typed into a flowsheet)",
+    "activeServiceRequests": "active orders (labs already ordered are not suggested again)",
 }
 
 RESOURCE_TYPES_READ = ("Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
-                       "MedicationStatement", "MedicationAdministration", "Medication")
+                       "MedicationStatement", "MedicationAdministration", "Medication", "ServiceRequest")
 SCOPES = " ".join(f"patient/{t}.read" for t in RESOURCE_TYPES_READ)
 USAGE = (
     "When prefetch is incomplete the service reads the missing data from fhirServer with the "

@@ -59,6 +59,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 2
+    threads: int = 4  # per worker: calls wait on FHIR servers and the database more than on the CPU
+    graceful_timeout: int = 30  # seconds a stopping worker gets to finish the calls it is answering
+    hook_deadline_seconds: float = 4.0  # one call, fetching included; below common EHR timeouts
     public_base_url: str = ""
     database_url: str = "sqlite:///lbp-redflags.db"
     cors_origins: tuple[str, ...] = ("*",)
@@ -272,14 +275,14 @@ def load_settings(config_file: str | os.PathLike | None = None, env: dict[str, s
 def _check(settings: Settings) -> None:
     if not 0 < settings.port < 65536:
         raise SettingsError("setting 'port': must be between 1 and 65535")
-    for name in ("fhir_connect_timeout", "fhir_read_timeout", "fhir_total_timeout"):
+    for name in ("fhir_connect_timeout", "fhir_read_timeout", "fhir_total_timeout", "hook_deadline_seconds"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting '{name}': must be positive")
-    for name in ("fhir_page_cap", "fhir_page_size", "workers", "fhir_max_workers", "max_content_length",
+    for name in ("fhir_page_cap", "fhir_page_size", "workers", "threads", "fhir_max_workers", "max_content_length",
                  "max_json_depth", "max_bundle_entries", "max_draft_orders", "max_string_length"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting '{name}': must be at least 1")
-    for name in ("fhir_max_retries", "rate_limit_per_minute", "snooze_days", "retention_days"):
+    for name in ("fhir_max_retries", "rate_limit_per_minute", "snooze_days", "retention_days", "graceful_timeout"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"setting '{name}': must be zero or more")
     if settings.auth.leeway_seconds < 0:

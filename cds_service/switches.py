@@ -14,17 +14,13 @@ held them), so the dashboard shows what would have fired.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 
-import cards
+from cards.data import recommendations, red_flags
 
 from .store import TIER_RANK
 
-KNOWLEDGE = Path(cards.__file__).parent / "knowledge"
 DISABLEABLE_TIERS = ("consider",)
 SNOOZABLE_TIERS = ("consider", "imaging")
 NEVER_DISABLED_FLAGS = {
@@ -37,24 +33,14 @@ NEVER_DISABLED_FLAGS = {
 }
 
 
-@cache
-def knowledge(name: str) -> dict:
-    return json.loads((KNOWLEDGE / name).read_text(encoding="utf-8"))
-
-
 def known_flags() -> list[str]:
-    return list(knowledge("red_flags.json")["flags"])
-
-
-def rules_version() -> str:
-    return knowledge("red_flags.json")["version"]
+    return list(red_flags()["flags"])
 
 
 def work_up_done_reasons() -> tuple[tuple[str, str], ...]:
     """(system, code) of the override reasons that say the work-up is done (they start a snooze)."""
-    recommendations = knowledge("recommendations.json")
-    system = recommendations["code_systems"]["override_reason"]
-    return tuple((system, code) for code in recommendations["work_up_done_override_reasons"])
+    system = recommendations()["code_systems"]["override_reason"]
+    return tuple((system, code) for code in recommendations()["work_up_done_override_reasons"])
 
 
 def switch_problems(settings) -> list[str]:

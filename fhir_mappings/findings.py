@@ -25,27 +25,28 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
+from . import terminology
 from .record import RECENT_OBSERVATION_DAYS, UNWINDOWED_CATEGORIES, PatientRecord
 from .terminology import coding_label, value_set
 from .units import quantity_value
 
-# Value sets looked for in Conditions (and in exam Observations and free text).
-CONDITION_CONCEPTS = (
-    "low-back-pain", "malignancy", "cancer-personal-history", "metastatic-disease", "myeloma",
-    "cancer-treatment", "unintentional-weight-loss", "weight-loss-explained", "cauda-equina-syndrome",
-    "cord-compression", "motor-deficit", "sensory-symptom", "gait-disturbance", "urinary-retention",
-    "urinary-incontinence", "fecal-incontinence", "saddle-anesthesia", "fever", "night-pain", "rest-pain",
-    "injection-drug-use", "immunosuppression", "smoking-current", "anemia-diagnosis",
-    "hypercalcemia-diagnosis", "elevated-esr-diagnosis", "elevated-psa-diagnosis",
-)
 CANCER_CONCEPTS = ("malignancy", "cancer-personal-history", "metastatic-disease", "myeloma")
-SYMPTOM_CONCEPTS = (
-    "cauda-equina-syndrome", "cord-compression", "motor-deficit", "sensory-symptom", "gait-disturbance",
-    "urinary-retention", "urinary-incontinence", "fecal-incontinence", "saddle-anesthesia", "fever",
-    "night-pain", "rest-pain", "unintentional-weight-loss",
-)
-MEDICATION_CONCEPTS = ("analgesic-treatment", "cancer-treatment", "weight-loss-explained", "immunosuppression")
-PROCEDURE_CONCEPTS = ("physiotherapy", "cancer-treatment", "weight-loss-explained")
+
+
+@cache
+def value_sets_read_from(resource: str, element: str | None = None) -> tuple[str, ...]:
+    """The value sets whose ``readFrom`` names this resource (``Condition``, ``Observation``,
+    ``Procedure``, ``Encounter``, or ``medication`` for every medication resource), and this element.
+
+    A value set with an empty ``readFrom`` is a qualifier the rules apply to a finding's text."""
+    names = []
+    for name in terminology.all_value_sets():
+        path = Path(terminology.VALUESET_DIR) / f"{name}.json"
+        read_from = json.loads(path.read_text(encoding="utf-8")).get("readFrom") or {}
+        if resource in read_from and (element is None or element in read_from[resource]):
+            names.append(name)
+    return tuple(names)
+
 
 IGNORED_VERIFICATION = {"refuted", "entered-in-error"}
 SUSPECTED_VERIFICATION = {"provisional", "differential", "unconfirmed"}
@@ -119,7 +120,7 @@ class Facts:
     smoking_status: Finding | None = None  # latest smoking-status answer (current or not)
     smoking_current: bool | None = None
     lbp_encounters: list[Finding] = field(default_factory=list)  # encounters for LBP (not the current one)
-    orders: list = field(default_factory=list)  # cards.orders.ImagingOrder, filled by the caller
+    orders: list = field(default_factory=list)  # fhir_mappings.orders.ImagingOrder, filled by the caller
     unavailable: list[str] = field(default_factory=list)
     patient_reference: str | None = None
 
@@ -288,9 +289,10 @@ def _condition_findings(condition: dict, birth: date | None = None) -> list[Find
     status = verification if verification in SUSPECTED_VERIFICATION else (clinical if not active else None)
 
     matched: dict[str, object] = {}
-    for name in CONDITION_CONCEPTS:
-        # Notes are read for every concept but low back pain itself (applicability stays coded or titled).
-        found = _match(name, code, notes if name != "low-back-pain" else "")
+    with_notes = value_sets_read_from("Condition", "note")
+    for name in value_sets_read_from("Condition"):
+        # Notes are read where the value set says so (low back pain itself stays coded or titled).
+        found = _match(name, code, notes if name in with_notes else "")
         if found is not None:
             matched[name] = found
     history = matched.get("cancer-personal-history")
@@ -320,7 +322,7 @@ def _condition_findings(condition: dict, birth: date | None = None) -> list[Find
             evidence=Evidence(_ref(condition), _label(code, found), onset or recorded, None, found.how, status),
             active=active and not is_history,
             suspected=verification in SUSPECTED_VERIFICATION,
-            onset=onset or (recorded if name in SYMPTOM_CONCEPTS else None),
+            onset=onset or (recorded if name in value_sets_read_from("Observation", "valueCodeableConcept") else None),
             last_activity=last_activity,
             recorded=recorded,
             text=text,
@@ -464,7 +466,7 @@ def _exam_findings(observation: dict) -> list[Finding]:
     notes = " ".join(t for t in (value_text, _notes(observation)) if t)
     text = _texts(observation, observation.get("code"), value_cc) + (" | " + value_text if value_text else "")
     out = []
-    for name in SYMPTOM_CONCEPTS + ("smoking-current", "injection-drug-use"):
+    for name in value_sets_read_from("Observation", "valueCodeableConcept"):
         found = None
         source = None
         for concept in (value_cc, observation.get("code")):
@@ -774,7 +776,7 @@ def _medication_findings(resource: dict, today: date, medications: dict[str, dic
     when, end = _medication_period(resource)
     active = resource.get("status") in MEDICATION_ACTIVE.get(rtype, {"active"})
     out = []
-    for name in MEDICATION_CONCEPTS:
+    for name in value_sets_read_from("medication"):
         found, concept = next(((f, c) for c in concepts if (f := value_set(name).match(c)) is not None),
                               (None, None))
         if found is None:
@@ -801,7 +803,7 @@ def _procedure_findings(procedure: dict) -> list[Finding]:
     end = (parse_date(period.get("end")) if isinstance(period, dict) else None) or start
     code = procedure.get("code")
     out = []
-    for name in PROCEDURE_CONCEPTS:
+    for name in value_sets_read_from("Procedure"):
         found = _match(name, code)
         if name == "cancer-treatment" and found is not None and not _for_cancer(procedure):
             continue

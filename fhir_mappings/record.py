@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 RESOURCE_TYPES = ("Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
-                  "MedicationStatement", "MedicationAdministration", "Medication")
+                  "MedicationStatement", "MedicationAdministration", "Medication", "ServiceRequest")
 
 # Observation categories (http://terminology.hl7.org/CodeSystem/observation-category) the clinical core
 # reads, each searched on its own: US Core servers answer patient+category, and several refuse a

@@ -76,26 +76,30 @@ class RunningService:
         self.log_path = tmp / f"service-{self.port}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("LBP_")}
         full_env.update({"LBP_DATABASE_URL": f"sqlite:///{tmp / f'service-{self.port}.db'}", "LBP_WORKERS": "2"})
+        # Tests of fetching, paging and errors must not race the 4 s production hook deadline on a busy
+        # machine; the tests of that deadline set their own.
+        full_env["LBP_HOOK_DEADLINE_SECONDS"] = "20"
         full_env.update(env or {})
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(self.port)],
             stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # start-up loads value sets and UCUM: slow on a busy shared machine
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"service exited: {self.log()}")
             try:
                 if requests.get(self.base_url + "/healthz", timeout=1).ok:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"service did not start: {self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # closed once stopped (and when it failed to start)
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def post(self, service_id: str, body: dict, **kwargs) -> requests.Response:

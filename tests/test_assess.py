@@ -79,10 +79,15 @@ def test_age_50_plus_and_failure_to_improve_together_reach_imaging():
     assert set(result.flag_ids) == {"age-50-plus", "failure-to-improve"} and result.tier == "imaging"
 
 
-def test_probability_estimate_rises_with_cancer_history():
+def test_probability_estimate_rises_with_its_flags():
     base, _ = estimate_probability({})
-    result = run(LBP, condition("ca", "C61", "Malignant neoplasm of prostate", 400))
-    assert base < 0.01 < result.probability
+    result = run(LBP, condition("wl", "R63.4", "Abnormal weight loss", 20), age=60)
+    assert result.tier == "imaging" and base < 0.01 < result.probability
+
+
+def test_no_probability_estimate_with_a_known_cancer():
+    result = run(LBP, condition("ca", "C61", "Malignant neoplasm of prostate", 400), gender="male")
+    assert result.tier == "imaging" and result.probability is None
 
 
 def test_partial_dates_parse_to_the_start_or_end_of_the_period():

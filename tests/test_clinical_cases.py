@@ -22,9 +22,18 @@ def load_case(path: Path) -> dict:
 
 
 def case_request(case: dict) -> tuple[str, dict]:
-    return hook_request(case["hook"], case["resources"], draft_orders=case.get("draftOrders", []),
-                        selections=case.get("selections"), encounter_id=case.get("encounterId"),
-                        user_id="Practitioner/test")
+    service_id, body = hook_request(case["hook"], case["resources"], draft_orders=case.get("draftOrders", []),
+                                    selections=case.get("selections"), encounter_id=case.get("encounterId"),
+                                    user_id="Practitioner/test")
+    active = [r for r in case["resources"] if r["resourceType"] == "ServiceRequest" and r.get("status") == "active"]
+    body["prefetch"]["activeServiceRequests"].update(total=len(active), entry=[{"resource": r} for r in active])
+    return service_id, body
+
+
+def suggested(card: dict) -> list[str]:
+    """The names of the orders a card's suggestions would create."""
+    return [a["resource"]["code"]["text"] for s in card.get("suggestions", []) for a in s["actions"]
+            if a["type"] == "create"]
 
 
 def ratings_of(response: dict) -> dict[str, str]:
@@ -62,5 +71,15 @@ def test_clinical_case(service, path):
     assert not set(expect.get("redFlagsExclude", [])) & flags, f"{why}; got {sorted(flags)}"
     for reference, rating in (expect.get("rating") or {}).items():
         assert ratings_of(result).get(reference) == rating, f"{why}: rating of {reference}"
+    for text in expect.get("detailIncludes", []):
+        assert text in card["detail"], f"{why}: the detail should mention {text!r}"
+    for text in expect.get("detailExcludes", []):
+        assert text not in card["detail"], f"{why}: the detail should not mention {text!r}"
+    for text in expect.get("summaryIncludes", []):
+        assert text in card["summary"], f"{why}: the summary should mention {text!r}"
+    for text in expect.get("suggestionsInclude", []):
+        assert any(name.startswith(text) for name in suggested(card)), f"{why}: should suggest {text!r}"
+    for text in expect.get("suggestionsExclude", []):
+        assert not any(name.startswith(text) for name in suggested(card)), f"{why}: should not suggest {text!r}"
     for flag in expect.get("redFlagsInclude", []):
         assert ext["evidence"][flag], f"{flag} has no evidence reference"

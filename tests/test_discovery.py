@@ -39,12 +39,14 @@ def test_prefetch_templates_fetch_what_the_clinical_core_reads(client):
                            ("medicationAdministrations", "MedicationAdministration")):
             assert prefetch[key].startswith(f"{rtype}?patient={{{{context.patientId}}}}")
         assert "&category=laboratory&" in prefetch["labs"]
+        assert prefetch["activeServiceRequests"].startswith(
+            "ServiceRequest?patient={{context.patientId}}&status=active")
 
 
 def test_usage_requirements_name_a_scope_for_every_resource_type_read(client):
     for service in services(client).values():
         for rtype in ("Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
-                      "MedicationStatement", "MedicationAdministration", "Medication"):
+                      "MedicationStatement", "MedicationAdministration", "Medication", "ServiceRequest"):
             assert f"patient/{rtype}.read" in service["usageRequirements"], rtype
 
 

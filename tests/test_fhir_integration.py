@@ -43,9 +43,10 @@ SELECTED_CASES = ("02", "06", "23", "46", "64", *(str(n) for n in range(71, 81))
 RECORD_SHAPE_CASES = tuple(sorted(p.name.split("-", 1)[0] for p in CASES_DIR.glob("*.json")
                                   if 111 <= int(p.name.split("-", 1)[0]) <= 149))
 OPTIONAL_KEYS = ("labs", "vitalSigns", "socialHistory", "survey", "examObservations", "encounters", "procedures",
-                 "medications", "medicationStatements", "medicationAdministrations", "allObservations")
+                 "medications", "medicationStatements", "medicationAdministrations", "activeServiceRequests",
+                 "allObservations")
 ALL_TYPES = {"Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
-             "MedicationStatement", "MedicationAdministration"}
+             "MedicationStatement", "MedicationAdministration", "ServiceRequest"}
 # requests of one call in fetch mode (no Medication to read, every slice one page)
 SEARCHES = 2 + len(OPTIONAL_KEYS) + len(SLICED_KEYS) * (SLICES - 1)
 LOINC = "http://loinc.org"

@@ -1,4 +1,4 @@
-"""cards.orders: recognising lumbar-spine imaging among draft orders, and rating it (PAMA)."""
+"""fhir_mappings.orders recognises lumbar-spine imaging among draft orders; cards.rating rates it (PAMA)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from cards import orders
-from cards.orders import (
-    ImagingOrder,
-    classify_text,
-    duration_bucket,
-    is_low_back_pain,
-    is_modality_recommended,
-    lumbar_imaging_orders,
-    preferred_orderable,
-    rate,
-    rating_action,
-    urgent_referral_orderable,
-)
+from cards import rating
+from cards.rating import duration_bucket, rate, rating_action
+from fhir_mappings.orders import ImagingOrder, classify_text, lumbar_imaging_orders
 
 SPEC = Path(__file__).parent / "fixtures" / "cds-hooks-spec"
 ARGONAUT = SPEC / "argonaut-cds-hooks-for-pama" / "examples"
 SANDBOX = SPEC / "cds-hooks-sandbox" / "captured"
 KNOWLEDGE = Path(__file__).parent.parent / "cards" / "knowledge"
+ORDERABLES = Path(__file__).parent.parent / "fhir_mappings" / "orderables.json"
 
 CPT = "http://www.ama-assn.org/go/cpt"
 LOINC = "http://loinc.org"
@@ -76,7 +67,7 @@ def one(resource: dict) -> ImagingOrder:
 
 # --- by code
 
-IMAGING_ENTRIES = [e for e in load(KNOWLEDGE / "orderables.json")["orderables"] if e["kind"] == "imaging"]
+IMAGING_ENTRIES = [e for e in load(ORDERABLES)["orderables"] if e["kind"] == "imaging"]
 CODED = [
     pytest.param(c["system"], c["code"], e["id"], e["modality"], id=f"{e['id']}-{c['code']}")
     for e in IMAGING_ENTRIES
@@ -267,13 +258,13 @@ def test_sandbox_study_only_and_with_reason():
     with_reason = lumbar_imaging_orders(
         load(SANDBOX / "order-select-pama.json")["body"]["context"]["draftOrders"]
     )
-    assert [(o.reference, o.modality, o.lbp_reason) for o in study_only] == [
-        ("ServiceRequest/example-request-id", "mri-without", False)
+    assert [(o.reference, o.modality) for o in study_only] == [
+        ("ServiceRequest/example-request-id", "mri-without")
     ]
-    assert [(o.orderable, o.lbp_reason) for o in with_reason] == [("mri-lumbar-without", True)]
+    assert [o.orderable for o in with_reason] == ["mri-lumbar-without"]
 
 
-def test_argonaut_scenario_01_draft_is_a_lumbar_ct_for_low_back_pain():
+def test_argonaut_scenario_01_draft_is_a_lumbar_ct():
     request = load(ARGONAUT / "scenario-01-outbound-request.json")
     (order,) = lumbar_imaging_orders(request["context"]["draftOrders"])
     assert order.reference == "ServiceRequest/example-MRI-59879846"
@@ -283,7 +274,6 @@ def test_argonaut_scenario_01_draft_is_a_lumbar_ct_for_low_back_pain():
         "ct-lumbar-without-with",
         "without-with",
     )
-    assert order.lbp_reason is True
     assert order.resource == request["context"]["draftOrders"]["entry"][0]["resource"]
 
 
@@ -327,7 +317,7 @@ def test_malformed_parts_do_not_hide_a_good_order():
         "entry": [None, {"resource": {"resourceType": "ServiceRequest", "code": 7}}, {"resource": good}],
     }
     (order,) = lumbar_imaging_orders(draft)
-    assert (order.reference, order.lbp_reason) == ("ServiceRequest/good", False)
+    assert order.reference == "ServiceRequest/good"
 
 
 def test_draft_without_id_is_recognised_with_an_empty_reference():
@@ -361,53 +351,6 @@ def concept(system=None, code=None, text=None, display=None) -> dict:
     if text:
         result["text"] = text
     return result
-
-
-@pytest.mark.parametrize(
-    ("reason", "expected"),
-    [
-        (concept(SNOMED, "279039007"), True),
-        (concept(ICD10CM, "M54.50"), True),
-        (concept(text="Lumbago"), True),
-        (concept(text="Sciatica, left"), True),
-        (concept(text="Low back pain (finding)"), True),
-        (concept(ICD10CM, "M54.2"), False),
-        (concept(SNOMED, "22253000", text="Neck pain"), False),
-        ({}, False),
-    ],
-)
-def test_lbp_reason(reason, expected):
-    order = one(service_request({"system": CPT, "code": "72148"}, reason=[reason]))
-    assert order.lbp_reason is expected
-    assert is_low_back_pain(reason) is expected
-
-
-@pytest.mark.parametrize(
-    ("reason", "expected"),
-    [
-        (concept(SNOMED, "161891005"), True),
-        (concept(SNOMED, "23056005"), True),
-        (concept(ICD10CM, "M54.5"), True),
-        (concept(ICD10CM, "M5450"), True),
-        (concept(ICD10CM, "M54.41"), True),
-        (concept(ICD10CM, "M54.31"), True),
-        (concept(ICD10CM, "M54.16"), True),
-        (concept(ICD10CM, "M54.17"), True),
-        (concept(ICD10CM, "M54.15"), False),
-        (concept(ICD10CM, "M54.9"), False),
-        (concept("http://hl7.org/fhir/sid/icd-10", "M54.5"), True),
-        (concept(text="LBP x 3 weeks"), True),
-        (concept(text="no low back pain"), False),
-        (concept(text="denies sciatica"), False),
-        (concept(SNOMED, "279039007 ", display="Low back pain"), True),
-    ],
-)
-def test_local_lbp_check(reason, expected):
-    assert orders._local_lbp_match(reason) is expected
-
-
-def test_lbp_reason_uses_the_value_set_when_available():
-    assert orders.lbp_reason_source() in ("value-set", "local")
 
 
 # --- rating
@@ -444,7 +387,6 @@ def test_rating_table(tier, weeks, variant, modality, acr, pama):
     assert (rating.modality, rating.tier) == (modality, tier)
     assert f"variant {variant}" in rating.explanation
     assert "ACR AC Low Back Pain 2021" in rating.source
-    assert is_modality_recommended(modality, tier, weeks) is (acr == UA)
 
 
 def test_rate_takes_an_order():
@@ -486,32 +428,6 @@ def test_unknown_tier_or_modality_raises():
 )
 def test_duration_bucket(weeks, bucket):
     assert duration_bucket(weeks) == bucket
-
-
-def test_preferred_orderables():
-    assert preferred_orderable("emergency", has_cancer_history=True) == "mri-whole-spine-without-with"
-    assert preferred_orderable("emergency", has_cancer_history=False) == "mri-lumbar-without-with"
-    assert preferred_orderable("imaging", has_cancer_history=True) == "mri-lumbar-without-with"
-    assert preferred_orderable("imaging") == "mri-lumbar-without-with"
-    assert preferred_orderable("consider", lbp_weeks=8) == "mri-lumbar-without"
-    assert preferred_orderable("consider", lbp_weeks=2) is None
-    assert preferred_orderable("consider") is None
-    assert preferred_orderable("none", lbp_weeks=20) is None
-    assert urgent_referral_orderable(True) == "referral-mscc"
-    assert urgent_referral_orderable(False) == "referral-emergency"
-    with pytest.raises(ValueError):
-        preferred_orderable("soon")
-
-
-def test_preferred_orderables_exist_and_are_recommended():
-    for tier, cancer, weeks in [
-        ("emergency", True, None),
-        ("emergency", False, None),
-        ("imaging", False, 2),
-        ("consider", False, 8),
-    ]:
-        entry = orders.orderable(preferred_orderable(tier, cancer, weeks))
-        assert is_modality_recommended(entry["modality"], tier, weeks)
 
 
 # --- rating action
@@ -607,7 +523,7 @@ def test_bad_consult_id_raises(consult_id):
 
 
 def test_orderables_data_is_consistent():
-    data = load(KNOWLEDGE / "orderables.json")
+    data = load(ORDERABLES)
     ids = [e["id"] for e in data["orderables"]]
     assert len(ids) == len(set(ids))
     systems = set(data["systems"].values())
@@ -634,7 +550,7 @@ def test_appropriateness_data_covers_every_tier_duration_and_modality():
     assert data["codeSystems"]["pamaRating"] == "http://fhir.org/argonaut/CodeSystem/pama-rating"
     for tier in ("emergency", "imaging", "consider", "none"):
         for weeks in (None, 1, 10):
-            rating_row = orders._row(tier, weeks)
+            rating_row = rating._row(tier, weeks)
             assert set(rating_row["ratings"]) == set(MODS)
             for cell in rating_row["ratings"].values():
                 assert cell["pama"] in data["pamaRatings"]

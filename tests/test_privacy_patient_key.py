@@ -25,10 +25,16 @@ def test_configured_patient_key_gives_the_same_hash_in_every_database(tmp_path):
         Store(f"sqlite:///{tmp_path / 'b.db'}", KEY).patient_key("p1")
 
 
+def migrated(url: str) -> Store:
+    store = Store(url)
+    store.migrate()
+    return store
+
+
 def test_without_patient_key_each_database_keeps_its_own_random_key(tmp_path):
-    first = Store(f"sqlite:///{tmp_path / 'a.db'}")
-    assert first.patient_key("p1") == Store(f"sqlite:///{tmp_path / 'a.db'}").patient_key("p1")
-    assert first.patient_key("p1") != Store(f"sqlite:///{tmp_path / 'b.db'}").patient_key("p1")
+    first = migrated(f"sqlite:///{tmp_path / 'a.db'}")
+    assert first.patient_key("p1") == migrated(f"sqlite:///{tmp_path / 'a.db'}").patient_key("p1")
+    assert first.patient_key("p1") != migrated(f"sqlite:///{tmp_path / 'b.db'}").patient_key("p1")
     assert "p1" not in first.patient_key("p1")
 
 

@@ -171,7 +171,8 @@ def test_resources_about_another_patient_are_ignored_and_reported(client):
              "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G83.4"}]}}
     bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": lbp}, {"resource": other}]}
     prefetch = {"patient": {"resourceType": "Patient", "id": "p1"}, "conditions": bundle, "observations": None,
-                "examObservations": None, "encounters": None, "procedures": None, "medications": None}
+                "examObservations": None, "encounters": None, "procedures": None, "medications": None,
+                "activeServiceRequests": None}
     card = client.post(PV, json=valid_body(prefetch=prefetch)).get_json()["cards"][0]
     ext = card["extension"]["lbp-redflags"]
     assert ext["tier"] == "none" and ext["dataComplete"] is False

@@ -14,7 +14,8 @@ SERVICE_FOR_HOOK = {"patient-view": "lbp-patient-view", "encounter-start": "lbp-
                     "order-select": "lbp-imaging-order-select", "order-sign": "lbp-imaging-order-sign"}
 NO_LBP_PREFETCH = {"patient": {"resourceType": "Patient", "id": "x", "birthDate": "1980-01-01"},
                    "conditions": None, "observations": None, "examObservations": None,
-                   "encounters": None, "procedures": None, "medications": None}
+                   "encounters": None, "procedures": None, "medications": None,
+                   "activeServiceRequests": None}
 
 
 def assert_valid_response(response):

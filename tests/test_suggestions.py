@@ -10,13 +10,14 @@ import jsonschema
 import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from cards.orders import ImagingOrder, lumbar_imaging_orders, orderable, orderable_ids, rate
+from cards.rating import rate
 from cards.suggestions import (
     delete_order_action,
     escalate_order_action,
     replace_order_actions,
     service_request,
 )
+from fhir_mappings.orders import ImagingOrder, lumbar_imaging_orders, orderable, orderable_ids
 
 ROOT = Path(__file__).parent.parent
 ARGONAUT = Path(__file__).parent / "fixtures" / "cds-hooks-spec" / "argonaut-cds-hooks-for-pama" / "examples"
@@ -194,7 +195,6 @@ def test_replace_without_a_draft_id_only_creates():
         resource={k: v for k, v in order.resource.items() if k != "id"},
         modality=order.modality,
         orderable=order.orderable,
-        lbp_reason=False,
     )
     actions = replace_order_actions(anonymous, "mri-whole-spine-without-with", priority="stat")
     assert [a["type"] for a in actions] == ["create"]

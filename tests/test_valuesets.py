@@ -27,10 +27,12 @@ ICD_RE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
 # 128200000 is Complex regional pain syndrome (not lumbar radiculopathy).
 FORBIDDEN = ("271594007", "24531-6", "128200000")
 
-# "readFrom" is read by the record reader (issue 11 item 1); "published" and "snomed" by the matcher.
+# "readFrom" is read by the record reader; "published" and "snomed" by the matcher.
 ALLOWED_KEYS = {"id", "title", "readFrom", "description", "source", "include", "exclude", "text", "notes",
                 "published", "snomed"}
-REQUIRED_KEYS = {"id", "title", "description", "source", "include", "text"}
+REQUIRED_KEYS = {"id", "title", "readFrom", "description", "source", "include", "text"}
+# Where findings are read from: FHIR resource types, and "medication" for every medication resource.
+READ_FROM = {"Condition", "Observation", "Procedure", "Encounter", "medication"}
 
 
 def _load(path: Path) -> dict:
@@ -51,6 +53,19 @@ def test_there_are_value_sets():
 @pytest.fixture(params=FILES, ids=[p.stem for p in FILES])
 def valueset(request):
     return request.param, _load(request.param)
+
+
+def test_read_from_names_resources_and_their_elements(valueset):
+    _, vs = valueset
+    assert list(vs)[:3] == ["id", "title", "readFrom"]
+    assert set(vs["readFrom"]) <= READ_FROM
+    for elements in vs["readFrom"].values():
+        assert elements and all(isinstance(e, str) and e for e in elements)
+
+
+def test_files_keep_their_canonical_formatting(valueset):
+    path, vs = valueset
+    assert path.read_text(encoding="utf-8") == json.dumps(vs, indent=2, ensure_ascii=False) + "\n"
 
 
 def test_keys_and_id(valueset):
