@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, has_request_context, jsonify
+from flask import Flask, g, has_request_context
 from flask_cors import CORS
 from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy.exc import SQLAlchemyError
@@ -109,27 +109,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     prepare_schema(store, settings)
     auth.init_app(app, settings, store)  # first before_request: who is calling
 
-    from . import dashboard, feedback, hooks
+    from . import dashboard, feedback, health, hooks, openapi, ratelimit
 
     app.register_blueprint(hooks.bp)
     app.register_blueprint(feedback.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     dashboard.register(app, settings)
+    ratelimit.init_app(app, settings.rate_limit_per_minute)
     register_error_handlers(app)
     metrics.init_app(app)
     store.on_loss(lambda rows, _reason: metrics.count_audit_rows_lost(rows))
-
-    @app.get("/healthz")
-    def healthz():
-        return jsonify({"status": "ok"})
-
-    @app.get("/readyz")
-    def readyz():
-        """Ready when audit rows can be written: the database answers and its schema is current."""
-        ready, why = store.ready()
-        if not ready and settings.migrate_on_start and store.behind:  # the database was down at start-up
-            prepare_schema(store, settings)
-            ready, why = store.ready()
-        return jsonify({"status": "ready" if ready else "not ready", "checks": {"database": why}}), \
-            200 if ready else 503
-
     return app

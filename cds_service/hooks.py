@@ -17,14 +17,14 @@ from fhir_mappings.record import PatientRecord
 from fhir_mappings.terminology import server_answers
 
 from . import outbound
-from .errors import ServiceError
+from .errors import ServiceError, body_too_large
 from .metrics import count_cards, metered
 from .prefetch import gather
 from .services import SERVICES, discovery
 from .store import CallRecord
 from .switches import apply_switches, work_up_done_reasons
 from .terminology_server import lookups
-from .validation import problems
+from .validation import check_draft_orders, check_limits, problems, setting_name
 
 bp = Blueprint("hooks", __name__)
 SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,256}$")  # what may be written to the log as a hookInstance
@@ -49,45 +49,29 @@ def _no_constants(name: str):
 
 
 def read_json_body() -> dict:
-    """The request's JSON object, or a 415/413/400 that says what is wrong."""
+    """The request's JSON object within the configured limits, or a 415/413/400 that says what is wrong."""
     mimetype = request.mimetype or ""
     if not (mimetype == "application/json" or mimetype.endswith("+json")):
         raise ServiceError(415, "the request body must be JSON (Content-Type: application/json)",
                            [{"field": "Content-Type", "reason": f"got {mimetype or 'none'}"}])
+    settings = current_app.config["LBP_SETTINGS"]
     raw = request.get_data(cache=True)  # raises 413 beyond MAX_CONTENT_LENGTH when Content-Length says so
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is None and len(raw) >= limit:  # a chunked body is cut at the limit
-        raise ServiceError(413, f"request body is larger than the configured limit ({limit} bytes)")
+    if request.content_length is None and len(raw) >= settings.max_content_length:  # chunked: cut at the limit
+        raise body_too_large(settings.max_content_length)
     if not raw.strip():
         raise ServiceError(400, "the request body is empty")
     try:
         body = json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
     except RecursionError:
-        raise ServiceError(400, "the request body is not valid JSON: nested too deeply") from None
+        raise ServiceError(400, "the request body is not valid JSON: nested too deeply; the limit is "
+                                f"{setting_name('max_json_depth')}") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         reason = str(exc) if "duplicate key" in str(exc) or "not valid JSON" in str(exc) else "cannot be parsed"
         raise ServiceError(400, f"the request body is not valid JSON: {reason[:200]}") from None
     if not isinstance(body, dict):
         raise ServiceError(400, "the request body must be a JSON object")
-    if _depth(body) > MAX_DEPTH:
-        raise ServiceError(400, f"the request body is nested more than {MAX_DEPTH} levels deep")
+    check_limits(body, len(raw), settings)
     return body
-
-
-MAX_DEPTH = 64  # FHIR resources inside a CDS Hooks request nest about 15 levels
-
-
-def _depth(value) -> int:
-    """Nesting depth, computed without recursion (the value may be hostile)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        deepest = max(deepest, level)
-        if level > MAX_DEPTH:
-            break
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
-    return deepest
 
 
 def fetch_deadline(settings, started: float) -> float:
@@ -106,6 +90,7 @@ def service_or_404(service_id: str):
 
 
 def validate_request(service, body: dict) -> None:
+    check_draft_orders(body.get("context"), current_app.config["LBP_SETTINGS"])
     found = problems("request", body)
     if isinstance(body.get("context"), dict):
         found += problems(f"context.{service.hook}", body["context"], prefix="context")

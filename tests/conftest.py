@@ -37,6 +37,15 @@ def today():
     return datetime.now(UTC).date()
 
 
+def patient_view_body(**changes) -> dict:
+    """A minimal valid patient-view request (Patient p1, no conditions), with top-level keys replaced."""
+    body = {"hook": "patient-view", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            "prefetch": {"patient": {"resourceType": "Patient", "id": "p1"}, "conditions": None}}
+    body.update(changes)
+    return body
+
+
 @pytest.fixture
 def settings(tmp_path):
     return load_settings(env={}, database_url=f"sqlite:///{tmp_path / 'test.db'}")

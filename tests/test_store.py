@@ -157,14 +157,15 @@ def test_migrate_command_creates_and_then_reports_the_schema(database_url, monke
     assert "already up to date" in capsys.readouterr().out
 
 
-def test_without_migrate_on_start_cards_go_out_and_readyz_asks_for_migrate(tmp_path):
+def test_without_migrate_on_start_cards_go_out_and_readyz_asks_for_migrate(tmp_path, caplog):
     url = f"sqlite:///{tmp_path / 'store.db'}"
     app = create_app(load_settings(env={}, database_url=url, migrate_on_start=False))
     client = app.test_client()
     service_id, body = example_body(IMAGING)
     assert client.post(f"/cds-services/{service_id}", json=body).get_json()["cards"]
     response = client.get("/readyz")
-    assert response.status_code == 503 and "lbp-redflags migrate" in response.get_json()["checks"]["database"]
+    assert response.status_code == 503 and response.get_json()["error"]["message"] == "not ready"
+    assert "lbp-redflags migrate" in caplog.text  # why goes to the log, never to the public endpoint
     assert app.extensions["lbp_store"].lost_rows == 2
     app.extensions["lbp_store"].migrate()
     assert client.get("/readyz").status_code == 200
@@ -206,7 +207,7 @@ def test_cards_go_out_while_postgresql_is_down_and_readyz_fails_until_it_is_back
         response = service.post(service_id, body)
         assert response.status_code == 200 and response.json()["cards"]
         ready = requests.get(service.base_url + "/readyz", timeout=10)
-        assert ready.status_code == 503 and "database unavailable" in ready.json()["checks"]["database"]
+        assert ready.status_code == 503 and "database unavailable" in service.log()
         assert "audit rows lost" in service.log()
     finally:
         postgres.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
