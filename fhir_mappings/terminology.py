@@ -239,23 +239,6 @@ def _text_vocabularies(data: dict) -> dict[str, list[str]]:
 
 
 CONCEPTS_CACHED = 4096  # per value set: distinct (text, codings) answers kept
-
-
-def _concept_key(concept: dict) -> tuple | None:
-    """What ``match`` reads of a CodeableConcept, as a hashable key; None when it cannot be one."""
-    coding = concept.get("coding")
-    if isinstance(coding, list):
-        codings = tuple([(c.get("system"), c.get("code"), c.get("display")) for c in coding if isinstance(c, dict)])
-    else:
-        codings = ()
-    key = (concept.get("text"), codings)
-    try:
-        hash(key)
-    except TypeError:  # a list or object where FHIR has a string
-        return None
-    return key
-
-
 _NOT_LISTED = (None, False)  # (display if included, whether excluded) for a code the set does not name
 
 
@@ -318,10 +301,15 @@ class ValueSet:
         """A match by code, else by text; memoised on the concept's codings and text (not its resource)."""
         if not isinstance(concept, dict):
             return None
-        key = _concept_key(concept)
-        if key is None or _SERVER_ANSWERS.get():  # unhashable content, or this request's server verdicts
+        if _SERVER_ANSWERS.get():  # this request's server verdicts: not for the cache
             return self._match(concept)
-        return self._memo(key)
+        coding = concept.get("coding")
+        codings = tuple([(c.get("system"), c.get("code"), c.get("display")) for c in coding if isinstance(c, dict)]) \
+            if isinstance(coding, list) else ()
+        try:
+            return self._memo((concept.get("text"), codings))
+        except TypeError:  # unhashable: a list or object where FHIR has a string
+            return self._match(concept)
 
     def _match_key(self, key: tuple) -> Match | None:
         text, codings = key
