@@ -63,8 +63,8 @@ CLAUSE_BREAK = re.compile(
     r"[.;\n|!?]|\bbut\b|\bhowever\b|\balthough\b|,\s*(?:and\s+)?(?=(?:reports?|complains? of|c/o|has|have|had|"
     r"presents? with|notes?|describes?|admits?|now|new|on examination|o/e)\b)")
 WINDOW_WORDS = 6
-_WORD_START = r"(?<![a-z0-9])"  # every phrase starts a word
 RELATIVE_WORDS = 4
+_WORD_START = r"(?<![a-z0-9])"  # every phrase starts a word
 
 # (value set id, SNOMED CT code) -> is the code in the set, as a terminology server answered for
 # this request. Empty unless the service layer was configured with a server and asked it.
@@ -215,7 +215,6 @@ class _TextHits:
                         cursor = hit.end()
             self._hits[key] = found
         return found
-
 
 
 @cache
