@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask
 from flask_cors import CORS
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import auth
 from .errors import register_error_handlers
 from .fhir_client import FhirClient
-from .settings import Settings, load_settings
-from .store import Store
+from .settings import Settings, SettingsError, load_settings
+from .store import SchemaError, Store
 
 
 def configure_logging(level: str) -> None:
@@ -41,8 +42,32 @@ def warm_up() -> None:
     convert(1.0, "g/dL", "g/L")
 
 
+def prepare_schema(store: Store, settings: Settings) -> None:
+    """Migrate at start-up (migrate_on_start), else say what is missing; never fail: cards go out regardless."""
+    log = logging.getLogger("lbp_redflags.store")
+    try:
+        if settings.migrate_on_start:
+            applied = store.migrate()
+            if applied:
+                log.info("database migrated: %s", ", ".join(applied))
+            return
+        current, head = store.schema_status()
+        if current != head:
+            log.error("database schema at %s, the service needs %s: run `lbp-redflags migrate` "
+                      "(audit rows are lost and /readyz fails until then)", current or "nothing", head)
+    except SchemaError as exc:
+        log.error("database not migrated: %s", exc)
+    except SQLAlchemyError as exc:
+        log.error("database unavailable at start-up (%s): cards are served, audit rows are lost and /readyz "
+                  "fails until it answers", exc.__class__.__name__)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
+    from .switches import switch_problems
+
+    if switch_problems(settings):  # never run with a switch that could hide an emergency
+        raise SettingsError("; ".join(switch_problems(settings)))
     app = Flask(__name__)
     app.config.update(
         LBP_SETTINGS=settings,
@@ -62,17 +87,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     warm_up()
     app.extensions["lbp_fhir_client"] = FhirClient(settings)
-    app.extensions["lbp_store"] = Store(settings.database_url, settings.patient_key)
-    auth.init_app(app, settings, app.extensions["lbp_store"])  # first before_request: who is calling
+    store = app.extensions["lbp_store"] = Store(settings.database_url, settings.patient_key)
+    prepare_schema(store, settings)
+    auth.init_app(app, settings, store)  # first before_request: who is calling
 
-    from . import feedback, hooks
+    from . import dashboard, feedback, health, hooks, openapi, ratelimit
 
     app.register_blueprint(hooks.bp)
     app.register_blueprint(feedback.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
+    dashboard.register(app, settings)
+    ratelimit.init_app(app, settings.rate_limit_per_minute)
     register_error_handlers(app)
-
-    @app.get("/healthz")
-    def healthz():
-        return jsonify({"status": "ok"})
-
     return app

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
-import requests
 from flask import Flask, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import outbound
 from .errors import ServiceError
 from .settings import AuthClient, Settings, SettingsError
 from .store import Store
@@ -41,7 +41,7 @@ MAX_TOKEN_LENGTH = 16 * 1024
 MAX_JTI_LENGTH = 256
 MAX_LIFETIME_SECONDS = 3600  # a token valid for longer is refused: a stolen one would stay usable
 JWKS_MAX_BYTES = 256 * 1024
-JWKS_TIMEOUT = (3.05, 5.0)  # connect, read (seconds); the whole download is also bounded by the read time
+JWKS_TIMEOUT_SECONDS = 8.0  # the whole fetch: connect, wait and body
 PUBLIC_KEY_MEMBERS = {"EC": ("kty", "crv", "x", "y", "kid", "alg", "use"),
                       "RSA": ("kty", "n", "e", "kid", "alg", "use")}
 CHALLENGE = 'Bearer realm="cds-services"'
@@ -60,30 +60,18 @@ class KeyFetchError(Exception):
     pass
 
 
-def fetch_jwks(url: str) -> dict:
+def fetch_jwks(url: str, settings: Settings) -> dict:
     """GET a JWK Set: the one outbound call of this module (jwks_url and allowed jku).
 
-    Bounded: timeouts, no redirects, at most JWKS_MAX_BYTES, JSON object only.
+    Through the outbound guard (only this configured URL, fhir.allow_http and
+    fhir.allow_private_networks apply, DNS pinned), with a timeout, no redirects, at most JWKS_MAX_BYTES.
     """
-    started = time.monotonic()
+    policy = outbound.policy_for_urls(settings, [url], "auth.clients[].jwks_url or jku_allowed")
     try:
-        with requests.get(url, timeout=JWKS_TIMEOUT, allow_redirects=False, stream=True,
-                          headers={"Accept": "application/jwk-set+json, application/json"}) as response:
-            if response.status_code != 200:
-                raise KeyFetchError(f"HTTP {response.status_code}")
-            body = bytearray()
-            for chunk in response.iter_content(16 * 1024):
-                body += chunk
-                if len(body) > JWKS_MAX_BYTES:
-                    raise KeyFetchError(f"larger than {JWKS_MAX_BYTES} bytes")
-                if time.monotonic() - started > sum(JWKS_TIMEOUT):
-                    raise KeyFetchError("too slow")
-    except requests.RequestException as exc:
-        raise KeyFetchError(exc.__class__.__name__) from None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise KeyFetchError("not JSON") from None
+        data = outbound.get_json(url, policy, timeout=JWKS_TIMEOUT_SECONDS, max_bytes=JWKS_MAX_BYTES,
+                                 headers={"Accept": "application/jwk-set+json, application/json"})
+    except outbound.OutboundError as exc:
+        raise KeyFetchError(str(exc)) from None
     if not isinstance(data, dict):
         raise KeyFetchError("not a JWK Set")
     return data
@@ -108,6 +96,7 @@ class _CachedSet:
     keys: dict[str, dict] = field(default_factory=dict)
     fetched_at: float | None = None  # last successful fetch
     tried_at: float | None = None  # last attempt, successful or not
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one fetch at a time per URL
 
 
 class KeyRing:
@@ -116,7 +105,7 @@ class KeyRing:
     once per ``refresh_interval`` seconds per URL and worker)."""
 
     def __init__(self, clients: tuple[AuthClient, ...], clock: Callable[[], float],
-                 fetch: Callable[[str], dict] = fetch_jwks, refresh_interval: float = 60.0,
+                 fetch: Callable[[str], dict], refresh_interval: float = 60.0,
                  max_age: float = 3600.0):
         self.clock = clock
         self.fetch = fetch
@@ -151,6 +140,7 @@ class KeyRing:
     def _from_url(self, url: str, kid: str) -> dict | None:
         with self._lock:
             cached = self._cache.setdefault(url, _CachedSet())
+        with cached.lock:  # a slow JWK Set holds up its own client only
             now = self.clock()
             stale = cached.fetched_at is None or now - cached.fetched_at > self.max_age
             if (stale or kid not in cached.keys) and (
@@ -195,11 +185,12 @@ class Authenticator:
     """Checks one request's bearer token against the configured clients."""
 
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.time,
-                 fetch: Callable[[str], dict] = fetch_jwks, refresh_interval: float = 60.0):
+                 refresh_interval: float = 60.0):
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.keys = KeyRing(settings.auth.clients, lambda: self.clock(), fetch, refresh_interval)
+        self.keys = KeyRing(settings.auth.clients, lambda: self.clock(), lambda url: fetch_jwks(url, settings),
+                            refresh_interval)
 
     def audience(self, path: str) -> str:
         """The exact URL the client called, as it sees the service: public_base_url + path."""
@@ -223,7 +214,7 @@ class Authenticator:
         client = self.settings.auth.client(issuer) if isinstance(issuer, str) else None
         if client is None:
             raise AuthFailure("unknown issuer", iss=issuer)
-        if jku is not None and jku not in client.jku_allowed:
+        if jku is not None and jku not in client.jku_allowed and not (client.jwks_url and jku == client.jwks_url):
             raise AuthFailure("jku not allowed", iss=issuer, jku=jku)
         jwk = self.keys.key(client, kid, jku)
         if jwk is None:

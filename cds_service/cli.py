@@ -1,4 +1,4 @@
-"""lbp-redflags command line: serve | demo | load-fhir | check."""
+"""lbp-redflags command line: serve | migrate | purge | demo | load-fhir | check."""
 
 from __future__ import annotations
 
@@ -35,13 +35,16 @@ def cmd_serve(args) -> int:
     if settings.local_profile:
         print("lbp-redflags: no configuration file: local profile (loopback only, authentication off, "
               "plain-http and loopback FHIR servers allowed, no rate limit)", flush=True)
-    app = create_app(settings)
+    app = create_app(settings)  # migrates the database first when migrate_on_start
+    start_retention(app.extensions["lbp_store"], settings.retention_days)
     bind = f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
 
     def when_ready(server) -> None:
         # Printed by the master once its socket is bound: a port in use never says "serving".
         for listener in server.LISTENERS:
-            print(f"lbp-redflags: serving CDS Hooks discovery at http://{listener}/cds-services", flush=True)
+            address = str(listener)
+            address = address if "://" in address else f"http://{address}"
+            print(f"lbp-redflags: serving CDS Hooks discovery at {address}/cds-services", flush=True)
 
     class Server(BaseApplication):
         def load_config(self):
@@ -52,6 +55,8 @@ def cmd_serve(args) -> int:
             self.cfg.set("timeout", int(settings.fhir_total_timeout) + 30)
             self.cfg.set("accesslog", "-")
             self.cfg.set("when_ready", when_ready)
+            # Workers must not share the master's database connections (opened by the migration).
+            self.cfg.set("post_fork", lambda _server, _worker: app.extensions["lbp_store"].engine.dispose(close=False))
             # The access log keeps the path and status only: no query strings, no headers (tokens).
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
 
@@ -60,6 +65,95 @@ def cmd_serve(args) -> int:
 
     Server().run()
     return 0
+
+
+# ---------------------------------------------------------------- database: migrate, purge, retention
+
+def cmd_migrate(args) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .store import SchemaError, Store
+
+    settings = load_settings(args.config)
+    store = Store(settings.database_url, settings.patient_key)
+    try:
+        applied = store.migrate()
+        current, _ = store.schema_status()
+    except SchemaError as exc:
+        print(f"lbp-redflags: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"lbp-redflags: cannot migrate the database: {exc.__class__.__name__}: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 1
+    print(f"lbp-redflags: database at revision {current}" + (f" (applied {', '.join(applied)})" if applied
+                                                            else " (already up to date)"))
+    return 0
+
+
+def _purge(store, before) -> dict[str, int]:
+    from datetime import UTC, datetime, time
+
+    return store.purge(datetime.combine(before, time.min, UTC))
+
+
+def cmd_purge(args) -> int:
+    from datetime import date, timedelta
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .store import Store
+
+    settings = load_settings(args.config)
+    if args.before:
+        try:
+            before = date.fromisoformat(args.before)
+        except ValueError:
+            print(f"lbp-redflags: --before {args.before!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+            return 2
+    elif settings.retention_days:
+        before = _today() - timedelta(days=settings.retention_days)
+    else:
+        print("lbp-redflags: retention_days is 0 (keep everything): give --before DATE to purge", file=sys.stderr)
+        return 2
+    if before > _today() + timedelta(days=1):
+        print(f"lbp-redflags: --before {before} is in the future; to delete everything up to now give "
+              f"--before {_today() + timedelta(days=1)}", file=sys.stderr)
+        return 2
+    try:
+        counts = _purge(Store(settings.database_url, settings.patient_key), before)
+    except SQLAlchemyError as exc:
+        print(f"lbp-redflags: cannot purge: {exc.__class__.__name__}", file=sys.stderr)
+        return 1
+    print(f"lbp-redflags: deleted records from before {before}: "
+          + ", ".join(f"{table} {count}" for table, count in counts.items()))
+    return 0
+
+
+def start_retention(store, retention_days: int) -> None:
+    """Delete records older than retention_days now and every day after, in the serving process."""
+    import logging
+    import threading
+    from datetime import timedelta
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if not retention_days:
+        return
+    log = logging.getLogger("lbp_redflags.store")
+
+    def run() -> None:
+        while True:
+            before = _today() - timedelta(days=retention_days)
+            try:
+                counts = _purge(store, before)
+                log.info("retention: deleted records from before %s: %s", before, counts)
+            except SQLAlchemyError as exc:
+                log.error("retention purge failed: %s", exc.__class__.__name__)
+            stop.wait(24 * 3600)
+
+    stop = threading.Event()
+    threading.Thread(target=run, name="lbp-retention", daemon=True).start()
 
 
 # ---------------------------------------------------------------- demo
@@ -113,7 +207,8 @@ def format_cards(response: dict, width: int = 100) -> str:
 def cmd_demo(args) -> int:
     from .app import create_app
 
-    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING")
+    # In-process, run by the operator: no CDS client to authenticate (auth.required applies to serve).
+    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING", auth_required=False)
     client = create_app(settings).test_client()
     from .example_patients import examples
 
@@ -165,7 +260,8 @@ def cmd_load_fhir(args) -> int:
 def cmd_check(args) -> int:
     from .app import create_app
 
-    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING")
+    # In-process, run by the operator: no CDS client to authenticate (auth.required applies to serve).
+    settings = load_settings(args.config, database_url="sqlite://", log_level="WARNING", auth_required=False)
     client = create_app(settings).test_client()
     hook = args.hook
     context = {"userId": "Practitioner/check", "patientId": args.patient}
@@ -228,6 +324,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=None, help="gunicorn worker processes (default 2)")
     serve.add_argument("--config", default=None, help="TOML configuration file (or LBP_CONFIG)")
     serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the database schema (Alembic migrations)")
+    migrate.add_argument("--config", default=None, help="TOML configuration file (or LBP_CONFIG)")
+    migrate.set_defaults(func=cmd_migrate)
+
+    purge = sub.add_parser("purge", help="delete hook calls, cards and feedback recorded before a date")
+    purge.add_argument("--before", default=None, metavar="DATE",
+                       help="YYYY-MM-DD (UTC); default: today minus retention_days")
+    purge.add_argument("--config", default=None, help="TOML configuration file (or LBP_CONFIG)")
+    purge.set_defaults(func=cmd_purge)
 
     demo = sub.add_parser("demo", help="run the bundled example patients through the hooks and print the cards")
     demo.add_argument("--config", default=None)

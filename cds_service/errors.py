@@ -22,9 +22,15 @@ STATUS_CODES = {
     412: "precondition-failed",
     413: "payload-too-large",
     415: "unsupported-media-type",
+    429: "too-many-requests",
     500: "internal-error",
     503: "service-unavailable",
 }
+
+
+def status_code_name(status: int) -> str:
+    """The error code of a status; a status outside the table is a client or a server error all the same."""
+    return STATUS_CODES.get(status) or ("invalid-request" if status < 500 else "internal-error")
 
 
 @dataclass
@@ -32,18 +38,25 @@ class ServiceError(Exception):
     status: int
     message: str
     details: list[dict] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)  # e.g. WWW-Authenticate on a 401
+    headers: dict[str, str] = field(default_factory=dict)  # WWW-Authenticate on 401, Retry-After on 429
 
     def body(self) -> dict:
-        error = {"status": self.status, "code": STATUS_CODES.get(self.status, "error"), "message": self.message}
+        error = {"status": self.status, "code": status_code_name(self.status), "message": self.message}
         if self.details:
             error["details"] = self.details
         return {"error": error}
 
 
+def body_too_large(limit: int) -> ServiceError:
+    return ServiceError(413, f"request body is larger than {limit} bytes; the limit is max_content_length "
+                             "(LBP_MAX_CONTENT_LENGTH)",
+                        [{"field": "body", "reason": f"max_content_length = {limit}"}])
+
+
 def _respond(err: ServiceError):
     response = jsonify(err.body())
     response.status_code = err.status
+    response.headers.update(err.headers)
     return response
 
 
@@ -59,23 +72,22 @@ def _log(status: int, code: str, fields: list[str]) -> None:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(err: ServiceError):
-        _log(err.status, STATUS_CODES.get(err.status, "error"), [d.get("field", "") for d in err.details])
-        response = _respond(err)
-        response.headers.update(err.headers)
-        return response
+        _log(err.status, status_code_name(err.status), [d.get("field", "") for d in err.details])
+        return _respond(err)
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
         status = err.code or 500
-        messages = {
-            404: f"no such endpoint: {request.path}",
-            405: f"method {request.method} is not allowed on {request.path}",
-            413: "request body is larger than the configured limit "
-            f"({current_app.config.get('MAX_CONTENT_LENGTH')} bytes)",
-        }
-        message = messages.get(status, err.description or err.name)
-        _log(status, STATUS_CODES.get(status, "error"), [])
-        response = _respond(ServiceError(status, message))
+        if status == 413:
+            error = body_too_large(current_app.config.get("MAX_CONTENT_LENGTH"))
+        else:
+            messages = {
+                404: f"no such endpoint: {request.path}",
+                405: f"method {request.method} is not allowed on {request.path}",
+            }
+            error = ServiceError(status, messages.get(status, err.description or err.name))
+        _log(status, status_code_name(status), [d["field"] for d in error.details])
+        response = _respond(error)
         if status == 405 and getattr(err, "valid_methods", None):
             response.headers["Allow"] = ", ".join(err.valid_methods)
         return response

@@ -63,6 +63,7 @@ BACKOFF_BASE = 0.25            # seconds before the first retry without Retry-Af
 BACKOFF_MAX = 4.0
 MIN_ATTEMPT_TIME = 0.05        # no retry when less than this would be left for the next attempt
 MAX_DIAGNOSTICS = 300
+MAX_BODY_BYTES = 64 * 1024 * 1024  # one FHIR response page
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _CONTROL_PARAMS = frozenset({"_count", "_offset", "_sort", "_total", "_summary", "_elements", "_format",
                              "_include", "_revinclude", "_getpagesoffset"})
@@ -129,9 +130,6 @@ def _install_url_filter() -> None:
 
 
 # ---------------------------------------------------------------------------- same server
-
-
-MAX_BODY_BYTES = 64 * 1024 * 1024  # one FHIR response page
 
 
 def under_base(url: str, base_url: str) -> bool:

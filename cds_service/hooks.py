@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -16,11 +16,13 @@ from fhir_mappings.record import PatientRecord
 from fhir_mappings.terminology import server_answers
 
 from . import outbound
-from .errors import ServiceError
+from .errors import ServiceError, body_too_large
 from .prefetch import gather
 from .services import SERVICES, discovery
+from .store import CallRecord
+from .switches import apply_switches, rules_version, work_up_done_reasons
 from .terminology_server import lookups
-from .validation import problems
+from .validation import check_draft_orders, check_limits, problems, setting_name
 
 bp = Blueprint("hooks", __name__)
 SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,256}$")  # what may be written to the log as a hookInstance
@@ -44,45 +46,29 @@ def _no_constants(name: str):
 
 
 def read_json_body() -> dict:
-    """The request's JSON object, or a 415/413/400 that says what is wrong."""
+    """The request's JSON object within the configured limits, or a 415/413/400 that says what is wrong."""
     mimetype = request.mimetype or ""
     if not (mimetype == "application/json" or mimetype.endswith("+json")):
         raise ServiceError(415, "the request body must be JSON (Content-Type: application/json)",
                            [{"field": "Content-Type", "reason": f"got {mimetype or 'none'}"}])
+    settings = current_app.config["LBP_SETTINGS"]
     raw = request.get_data(cache=True)  # raises 413 beyond MAX_CONTENT_LENGTH when Content-Length says so
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is None and len(raw) >= limit:  # a chunked body is cut at the limit
-        raise ServiceError(413, f"request body is larger than the configured limit ({limit} bytes)")
+    if request.content_length is None and len(raw) >= settings.max_content_length:  # chunked: cut at the limit
+        raise body_too_large(settings.max_content_length)
     if not raw.strip():
         raise ServiceError(400, "the request body is empty")
     try:
         body = json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
     except RecursionError:
-        raise ServiceError(400, "the request body is not valid JSON: nested too deeply") from None
+        raise ServiceError(400, "the request body is not valid JSON: nested too deeply; the limit is "
+                                f"{setting_name('max_json_depth')}") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         reason = str(exc) if "duplicate key" in str(exc) or "not valid JSON" in str(exc) else "cannot be parsed"
         raise ServiceError(400, f"the request body is not valid JSON: {reason[:200]}") from None
     if not isinstance(body, dict):
         raise ServiceError(400, "the request body must be a JSON object")
-    if _depth(body) > MAX_DEPTH:
-        raise ServiceError(400, f"the request body is nested more than {MAX_DEPTH} levels deep")
+    check_limits(body, len(raw), settings)
     return body
-
-
-MAX_DEPTH = 64  # FHIR resources inside a CDS Hooks request nest about 15 levels
-
-
-def _depth(value) -> int:
-    """Nesting depth, computed without recursion (the value may be hostile)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        deepest = max(deepest, level)
-        if level > MAX_DEPTH:
-            break
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
-    return deepest
 
 
 def service_or_404(service_id: str):
@@ -94,6 +80,7 @@ def service_or_404(service_id: str):
 
 
 def validate_request(service, body: dict) -> None:
+    check_draft_orders(body.get("context"), current_app.config["LBP_SETTINGS"])
     found = problems("request", body)
     if isinstance(body.get("context"), dict):
         found += problems(f"context.{service.hook}", body["context"], prefix="context")
@@ -115,7 +102,7 @@ def fhir_server_policy(settings, fhir_server: str | None) -> outbound.OutboundPo
                                  resolver=current_app.extensions.get("lbp_dns_resolver"))
     if fhir_server:
         try:
-            policy.check_server(fhir_server)
+            policy.check_server(fhir_server, timeout=settings.fhir_connect_timeout)
         except outbound.OutboundRefused as refused:
             log.warning("fhirServer refused (%s) hookInstance=%s", ",".join(refused.kinds), g.get("hook_instance"))
             raise ServiceError(403, f"this service may not call the given fhirServer: {refused.hint or refused.reason}",
@@ -159,9 +146,18 @@ def call_service(service_id: str):
             source_url=settings.source_url or None,
             accepted_at_select=lambda tier, studies: store.acted_at_order_select(patient_id, tier, studies),
         )
-    store.record_cards(service.id, body["hookInstance"], response.get("cards", []), patient_id=patient_id)
+    # The committee's switches, then the audit row (call and cards, shown or held back) before the answer.
+    switched = apply_switches(response, settings, lambda: store.work_up_done(
+        patient_id, work_up_done_reasons(), datetime.now(UTC) - timedelta(days=settings.snooze_days)))
+    store.record_call(CallRecord(
+        service.id, service.hook, body["hookInstance"], patient_id, response.get("cards", []),
+        held_back=switched.held_back, client_issuer=getattr(g.get("cds_client"), "issuer", None),
+        fetched_from_fhir="fetched" in gathered.sources.values(), silent=switched.silent,
+        snoozed=switched.snoozed, latency_ms=(time.perf_counter() - started) * 1000, rules_version=rules_version()))
+    response = switched.response
 
-    log.info("hook=%s hookInstance=%s cards=%d sources=%s elapsed_ms=%.1f", service.hook, body["hookInstance"],
-             len(response.get("cards", [])), ",".join(f"{k}:{v}" for k, v in gathered.sources.items()),
+    log.info("hook=%s hookInstance=%s cards=%d held_back=%d sources=%s elapsed_ms=%.1f", service.hook,
+             body["hookInstance"], len(response.get("cards", [])), len(switched.held_back),
+             ",".join(f"{k}:{v}" for k, v in gathered.sources.items()),
              (time.perf_counter() - started) * 1000)
     return jsonify(response)

@@ -45,11 +45,15 @@ from __future__ import annotations
 import http.cookiejar
 import ipaddress
 import json
+import os
 import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -190,6 +194,21 @@ def address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
     return None
 
 
+_dns_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="outbound-dns")  # threads start on demand
+
+
+def _resolve_within(resolver: Resolver, host: str, port: int, timeout: float | None) -> Sequence[str]:
+    """The resolver's answer, waited for at most timeout seconds (getaddrinfo itself has no timeout)."""
+    if timeout is None:
+        return resolver(host, port)
+    future = _dns_pool.submit(resolver, host, port)
+    try:
+        return future.result(timeout=timeout)
+    except FutureTimeout:
+        future.cancel()
+        raise socket.gaierror(socket.EAI_AGAIN, "name resolution timed out") from None
+
+
 def resolve(host: str, port: int) -> list[str]:
     """The addresses of a host name, from the system resolver (IP literals and localhost never get here)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -255,11 +274,11 @@ class OutboundPolicy:
             raise OutboundRefused(problems)
         return target
 
-    def addresses(self, host: str, port: int) -> list[str]:
+    def addresses(self, host: str, port: int, timeout: float | None = None) -> list[str]:
         """Resolve host once and return its addresses, all checked; OutboundRefused if any is not allowed.
 
         One disallowed answer refuses the name: a name that also points inside is not trusted.
-        Resolution failures raise OSError (socket.gaierror) as the resolver gives them.
+        Resolution failures (and a resolver slower than timeout) raise OSError (socket.gaierror).
         """
         host = host.strip("[]")
         literal = ip_literal(host)
@@ -268,7 +287,7 @@ class OutboundPolicy:
         elif host.lower().rstrip(".") == "localhost":
             answers = ["127.0.0.1", "::1"]  # RFC 6761: never asked of DNS
         else:
-            answers = list(dict.fromkeys(self.resolver(host, port)))
+            answers = list(dict.fromkeys(_resolve_within(self.resolver, host, port, timeout)))
         if not answers:
             raise socket.gaierror(socket.EAI_NONAME, "no address")
         for answer in answers:
@@ -281,16 +300,17 @@ class OutboundPolicy:
                 raise OutboundRefused([problem])
         return answers
 
-    def check_server(self, url: str) -> Target:
+    def check_server(self, url: str, *, timeout: float = 3.05) -> Target:
         """A fhirServer named by a client, checked before anything is gathered (the hooks' 403).
 
-        The URL, then the addresses its name resolves to. A name that cannot be resolved is not
-        refused here: fetching from it will fail as unreachable, and a complete prefetch needs none.
+        The URL, then the addresses its name resolves to (waiting at most timeout seconds). A name
+        that cannot be resolved is not refused here: fetching from it will fail as unreachable, and
+        a complete prefetch needs none. Connections check the addresses again, when they are made.
         """
         target = self.check_url(url, base=True)
         if not self.allow_private_networks and ip_literal(target.host) is None:
             try:
-                self.addresses(target.host, target.port)
+                self.addresses(target.host, target.port, timeout)
             except OSError:
                 pass
         return target
@@ -335,7 +355,8 @@ class _PinnedConnectionMixin:
 
     def _new_conn(self) -> socket.socket:
         try:
-            addresses = self.policy.addresses(self._dns_host, self.port)
+            timeout = self.timeout if isinstance(self.timeout, int | float) else None
+            addresses = self.policy.addresses(self._dns_host, self.port, timeout)
         except OutboundRefused:
             raise
         except OSError as exc:
@@ -403,7 +424,9 @@ class _GuardedSession(requests.Session):
 def session(policy: OutboundPolicy, *, pool_size: int = 10) -> requests.Session:
     """A requests.Session whose every request goes through the guard (see the module docstring)."""
     s = _GuardedSession()
-    s.trust_env = False  # no proxies or .netrc credentials from the environment
+    s.trust_env = False  # no proxies or .netrc credentials from the environment ...
+    # ... but a deployment's own CA bundle (a hospital's internal CA) is still honoured.
+    s.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     s.cookies.set_policy(_NoCookies())
     adapter = _GuardedAdapter(policy, pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
     s.mount("http://", adapter)
@@ -435,14 +458,20 @@ def read_limited(response: requests.Response, max_bytes: int, deadline: float | 
     return b"".join(chunks)
 
 
-_shared: dict[OutboundPolicy, requests.Session] = {}
+_shared: OrderedDict[OutboundPolicy, requests.Session] = OrderedDict()
 _shared_lock = threading.Lock()
+MAX_SHARED_SESSIONS = 32  # policies are built per configured client: a handful in practice
 
 
 def _shared_session(policy: OutboundPolicy) -> requests.Session:
+    """get_json's pooled session for this policy (the least recently used one is closed beyond the bound)."""
     with _shared_lock:
-        if policy not in _shared:
-            _shared[policy] = session(policy)
+        if policy in _shared:
+            _shared.move_to_end(policy)
+            return _shared[policy]
+        _shared[policy] = session(policy)
+        while len(_shared) > MAX_SHARED_SESSIONS:
+            _shared.popitem(last=False)[1].close()
         return _shared[policy]
 
 

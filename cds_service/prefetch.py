@@ -3,15 +3,27 @@
 A key that is absent was not provided (fetch it); a key present with null means "no data";
 an OperationOutcome in a slot is an error for that key (fetched again when a fhirServer is given);
 a searchset Bundle may be paginated (its next pages are fetched when a fhirServer is given).
+Medications a request, statement or administration refers to and that no search included are
+read one by one in a second round.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 
 from .errors import ServiceError
 from .fhir_client import under_base
-from .services import KEY_DESCRIPTIONS, REQUIRED_KEYS, prefetch_templates, resolve_template
+from .services import (
+    KEY_DESCRIPTIONS,
+    LEGACY_TEMPLATES,
+    REQUIRED_KEYS,
+    UNCATEGORISED_KEY,
+    fetch_queries,
+    observation_keys,
+    prefetch_templates,
+)
 
 
 @dataclass
@@ -93,18 +105,23 @@ def _expected_type(template: str) -> str:
     return template.split("?", 1)[0].split("/", 1)[0]
 
 
-def gather(body: dict, fetcher=None) -> Gathered:
+def gather(body: dict, fetcher=None, today: date | None = None) -> Gathered:
     """Collect the patient's resources from prefetch, fetching what is missing.
 
     fetcher(base_url, queries: dict[key, query], token) -> dict[key, FetchResult]; None when the
-    service cannot fetch (no fhirServer). Raises ServiceError(412) when required data is unavailable.
+    service cannot fetch (no fhirServer). Fetch mode sends the same searches as the prefetch
+    templates, with date=ge for recent-only data (``today`` is the day of the request). Medications
+    referenced but not included are read in a second round with the same fetcher.
+    Raises ServiceError(412) when required data is unavailable.
     """
+    today = today or datetime.now(UTC).date()
     context = body.get("context") or {}
     prefetch = body.get("prefetch") or {}
     fhir_server = body.get("fhirServer")
     token = (body.get("fhirAuthorization") or {}).get("access_token")
     gathered = Gathered()
-    to_fetch: dict[str, str] = {}
+    to_fetch: dict[str, str] = {}  # fetcher key -> query; a key cut into date slices has one per slice
+    parts: dict[str, list[str]] = {}  # prefetch key -> its fetcher keys
     failures: dict[str, str] = {}
     usable: dict[str, int] = {}  # per key: resources read
     unreadable_only: dict[str, bool] = {}  # per key: entries came that could not be read
@@ -123,37 +140,48 @@ def gather(body: dict, fetcher=None) -> Gathered:
         if slot.status == "paged":
             if fhir_server and slot.next_url and under_base(slot.next_url, fhir_server):
                 to_fetch[key] = slot.next_url  # the client fetches it and the pages after it
+                parts[key] = [key]
             else:
                 failures[key] = "only the first page of results was provided"
         elif slot.status in ("absent", "error"):
-            query = resolve_template(template, context)
-            if fhir_server and query:
-                to_fetch[key] = query
+            queries = fetch_queries(key, template, context, today)
+            if fhir_server and queries:
+                parts[key] = [key] if len(queries) == 1 else [f"{key} {i + 1}/{len(queries)}"
+                                                               for i in range(len(queries))]
+                to_fetch.update(zip(parts[key], queries, strict=True))
             else:
                 failures[key] = slot.error or "not provided in prefetch and no fhirServer to fetch it from"
 
+    for key, template in LEGACY_TEMPLATES.items():
+        # An EHR configured from an earlier discovery document still sends these keys: read what they hold.
+        slot = _read_slot(key, prefetch.get(key), _expected_type(template), key in prefetch)
+        if slot.status in ("ok", "paged") and key not in prefetch_templates():
+            gathered.resources.extend(slot.resources)
+            gathered.sources[key] = "prefetch"
+
     if to_fetch and fetcher is not None:
         results = fetcher(fhir_server, to_fetch, token)
-        for key in to_fetch:
-            result = results.get(key)
-            if result is None or not result.ok:
-                failures[key] = (result.error if result else None) or "could not be fetched"
-                continue
-            resource = result.resource or {}
-            if resource.get("resourceType") == "Bundle":
-                entries, unreadable = _entries(resource)
-                gathered.resources.extend(entries)
-                usable[key] = usable.get(key, 0) + len(entries)
-                unreadable_only[key] = unreadable_only.get(key, False) or bool(unreadable)
-                if unreadable:
-                    failures[key] = f"{unreadable} unreadable entr{'y' if unreadable == 1 else 'ies'} skipped"
-                if getattr(result, "truncated", False):
-                    failures[key] = "only part of the results could be fetched (page limit)"
-            else:
-                gathered.resources.append(resource)
-            gathered.sources.setdefault(key, "fetched")
+        for key, fetched_as in parts.items():
+            for part in fetched_as:
+                result = results.get(part)
+                if result is None or not result.ok:
+                    failures.setdefault(key, _fetch_failure(key, result))
+                    continue
+                resource = result.resource or {}
+                if resource.get("resourceType") == "Bundle":
+                    entries, unreadable = _entries(resource)
+                    gathered.resources.extend(entries)
+                    usable[key] = usable.get(key, 0) + len(entries)
+                    unreadable_only[key] = unreadable_only.get(key, False) or bool(unreadable)
+                    if unreadable:
+                        failures[key] = f"{unreadable} unreadable entr{'y' if unreadable == 1 else 'ies'} skipped"
+                    if getattr(result, "truncated", False):
+                        failures[key] = "only part of the results could be fetched (page limit)"
+                else:
+                    gathered.resources.append(resource)
+                gathered.sources.setdefault(key, "fetched")
     elif to_fetch:
-        for key in to_fetch:
+        for key in parts:
             failures.setdefault(key, "fetching from the FHIR server is not available")
 
     # Required data that came but could not be read at all is as missing as data that never came.
@@ -171,37 +199,92 @@ def gather(body: dict, fetcher=None) -> Gathered:
     if not any(r.get("resourceType") == "Patient" for r in gathered.resources):
         raise ServiceError(412, "required data is unavailable: no Patient resource",
                            [{"field": "prefetch.patient", "reason": "no Patient resource"}])
+    if fhir_server and fetcher is not None:
+        gathered.resources.extend(_referenced_medications(gathered.resources, fhir_server, token, fetcher))
     return gathered
+
+
+def _fetch_failure(key: str, result) -> str:
+    reason = (result.error if result else None) or "could not be fetched"
+    if key == UNCATEGORISED_KEY and result is not None and result.status in (400, 403):
+        return f"not checked: the FHIR server does not allow a search without category ({reason})"
+    return reason
+
+
+MEDICATION_HOLDERS = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
+MAX_MEDICATION_READS = 50  # a record referring to more Medications than this has the rest reported unread
+
+
+def medication_id(reference, base_url: str | None = None) -> str | None:
+    """The id of a server Medication a reference points at ("Medication/5", or absolute on base_url)."""
+    if not isinstance(reference, str) or reference.startswith("#"):
+        return None
+    if "://" in reference:
+        if not base_url or not under_base(reference, base_url):
+            return None
+        reference = reference[len(base_url.rstrip("/")) + 1:]
+    kind, _, ident = reference.partition("/")
+    return ident if kind == "Medication" and ident and "/" not in ident else None
+
+
+def _referenced_medications(resources: list[dict], fhir_server: str, token, fetcher) -> list[dict]:
+    """Second round: read the server Medications that requests, statements and administrations refer
+    to and that their searches did not include. A Medication that cannot be read is left out; the
+    findings reader names the resource that refers to it as not read."""
+    have = {r.get("id") for r in resources if r.get("resourceType") == "Medication"}
+    wanted: list[str] = []
+    for resource in resources:
+        if resource.get("resourceType") not in MEDICATION_HOLDERS:
+            continue
+        ref = resource.get("medicationReference")
+        ident = medication_id(ref.get("reference") if isinstance(ref, dict) else None, fhir_server)
+        if ident and ident not in have and ident not in wanted and _SAFE_ID.match(ident):
+            wanted.append(ident)
+    wanted = wanted[:MAX_MEDICATION_READS]
+    if not wanted:
+        return []
+    results = fetcher(fhir_server, {f"medication {i}": f"Medication/{m}" for i, m in enumerate(wanted)}, token)
+    return [r.resource for r in results.values()
+            if r is not None and r.ok and isinstance(r.resource, dict)
+            and r.resource.get("resourceType") == "Medication"]
+
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # a FHIR id
 
 
 def prefetch_for(resources: list[dict]) -> dict:
     """Prefetch as an EHR would fill our templates from a patient's resources (demo, tests, CLI).
 
-    Observations go to ``observations`` when their code is one the template asks for, otherwise to
-    ``examObservations`` when categorised as exam; others are left out, as a server would.
+    Observations go to the key of each of their categories, and every Observation to the search
+    without category; Medications a request, statement or administration refers to are included
+    in that key's Bundle (``_include``), as a server would.
     """
-    from fhir_mappings.record import OBSERVATION_VALUE_SETS
-    from fhir_mappings.terminology import value_set
-
     keys = {"Condition": "conditions", "Encounter": "encounters", "Procedure": "procedures",
-            "MedicationRequest": "medications"}
+            "MedicationRequest": "medications", "MedicationStatement": "medicationStatements",
+            "MedicationAdministration": "medicationAdministrations"}
+    category_keys = {category: key for key, category in observation_keys().items()}
+    medications = {r.get("id"): r for r in resources if r.get("resourceType") == "Medication"}
     out: dict[str, dict | None] = {}
-    bundles: dict[str, list[dict]] = {k: [] for k in prefetch_templates() if k != "patient"}
+    bundles: dict[str, list[tuple[dict, str]]] = {k: [] for k in prefetch_templates() if k != "patient"}
     for resource in resources:
         rtype = resource.get("resourceType")
         if rtype == "Patient":
             out["patient"] = resource
         elif rtype in keys:
-            bundles[keys[rtype]].append(resource)
+            bundles[keys[rtype]].append((resource, "match"))
+            ref = resource.get("medicationReference")
+            included = medications.get(medication_id(ref.get("reference") if isinstance(ref, dict) else None))
+            if included is not None and (included, "include") not in bundles[keys[rtype]]:
+                bundles[keys[rtype]].append((included, "include"))
         elif rtype == "Observation":
-            code = resource.get("code")
-            if any(value_set(n).match_code(code) for n in OBSERVATION_VALUE_SETS):
-                bundles["observations"].append(resource)
-            elif any(c.get("code") == "exam" for cat in resource.get("category") or []
-                     for c in cat.get("coding") or []):
-                bundles["examObservations"].append(resource)
+            categories = {c.get("code") for cat in resource.get("category") or [] if isinstance(cat, dict)
+                          for c in cat.get("coding") or [] if isinstance(c, dict)}
+            for category in sorted(categories & set(category_keys)):
+                bundles[category_keys[category]].append((resource, "match"))
+            bundles[UNCATEGORISED_KEY].append((resource, "match"))
     for key, items in bundles.items():
-        out[key] = {"resourceType": "Bundle", "type": "searchset", "total": len(items),
+        out[key] = {"resourceType": "Bundle", "type": "searchset",
+                    "total": sum(1 for _, mode in items if mode == "match"),
                     "entry": [{"fullUrl": f"{r['resourceType']}/{r.get('id')}", "resource": r,
-                               "search": {"mode": "match"}} for r in items]}
+                               "search": {"mode": mode}} for r, mode in items]}
     return out

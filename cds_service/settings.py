@@ -70,6 +70,12 @@ class Settings:
     rate_limit_per_minute: int = 0  # per client and worker process; 0 = off
     admin_token: str = ""
     patient_key: str = ""
+    migrate_on_start: bool = True
+    silent_mode: bool = False
+    disabled_tiers: tuple[str, ...] = ()
+    disabled_flags: tuple[str, ...] = ()
+    snooze_days: int = 30
+    retention_days: int = 365
     fhir_allowed_servers: tuple[str, ...] = ("loopback",)
     fhir_connect_timeout: float = 3.05
     fhir_read_timeout: float = 10.0
@@ -273,7 +279,7 @@ def _check(settings: Settings) -> None:
                  "max_json_depth", "max_bundle_entries", "max_draft_orders", "max_string_length"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting '{name}': must be at least 1")
-    for name in ("fhir_max_retries", "rate_limit_per_minute"):
+    for name in ("fhir_max_retries", "rate_limit_per_minute", "snooze_days", "retention_days"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"setting '{name}': must be zero or more")
     if settings.auth.leeway_seconds < 0:
@@ -288,8 +294,9 @@ def startup_problems(settings: Settings) -> list[str]:
     Never a service that answers 401 to everyone, and never an unauthenticated one beyond loopback.
     """
     from .network import is_loopback
+    from .switches import switch_problems
 
-    problems = []
+    problems = switch_problems(settings)
     if not settings.auth.required and not is_loopback(settings.host):
         problems.append(f"refusing to listen on {settings.host}: authentication of CDS clients is off "
                         "(auth.required = false, LBP_AUTH_REQUIRED), so the service serves loopback only "

@@ -6,20 +6,26 @@ This module knows FHIR shapes, statuses, dates, codes and units; it makes no cli
   unconfirmed are kept as *suspected*; clinicalStatus inactive / remission / resolved is *history*.
 - Observation: entered-in-error, cancelled and registered are ignored; a preliminary result is used
   only when no final / amended / corrected result of the same analyte exists.
-- MedicationRequest / Procedure / Encounter: entered-in-error, cancelled, not-done are ignored.
+- MedicationRequest / Procedure / Encounter: entered-in-error, cancelled, not-done are ignored;
+  MedicationStatement entered-in-error, not-taken and intended; MedicationAdministration
+  entered-in-error and not-done.
+- Observations older than RECENT_OBSERVATION_DAYS are not read (fetch mode does not ask for them
+  either), unless categorised exam or social-history; lab results and vital signs never are. An
+  encounter on the day of the request is never an earlier visit.
+Odd data is skipped and named in ``Facts.unavailable`` rather than failing the call: a panel with
+no results, a Medication reference that cannot be resolved, an answer too large to read.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
-from .record import PatientRecord
+from .record import RECENT_OBSERVATION_DAYS, UNWINDOWED_CATEGORIES, PatientRecord
 from .terminology import coding_label, value_set
 from .units import quantity_value
 
@@ -50,6 +56,13 @@ IGNORED_REQUEST = {"entered-in-error", "cancelled", "revoked", "draft"}
 LONG_TERM_DAYS = 28  # systemic steroids for 4 weeks or more count as immunosuppression
 IGNORED_PROCEDURE = {"entered-in-error", "not-done", "preparation"}
 IGNORED_ENCOUNTER = {"entered-in-error", "cancelled"}
+IGNORED_STATEMENT = {"entered-in-error", "not-taken", "intended"}
+IGNORED_ADMINISTRATION = {"entered-in-error", "not-done"}
+MAX_TEXT_CHARS = 20_000  # an answer or note longer than this is not read (and said so)
+MAX_COMPONENTS = 200
+# Interpretation codes (v3-ObservationInterpretation) that say which side of the range a result is on.
+LOW_INTERPRETATION = {"L", "LL", "LU", "<"}
+HIGH_INTERPRETATION = {"H", "HH", "HU", ">"}
 # Answers that say a finding is absent: SNOMED CT Negative, Absent, No; LOINC answer LA32-8 "No".
 NEGATIVE_ANSWERS = {"260385009", "272519000", "373067005", "2667000", "LA32-8", "N", "NEG", "no", "false", "absent"}
 NEGATIVE_WORDS = {"no", "none", "absent", "negative", "not present", "denied", "denies", "nil", "false", "normal",
@@ -194,23 +207,80 @@ def _label(concept, found) -> str:
 
 # ---------------------------------------------------------------- conditions
 
-def _condition_findings(condition: dict) -> list[Finding]:
+def _years_after(birth: date | None, years: float | None) -> date | None:
+    if birth is None or years is None or not 0 <= years < 150:
+        return None
+    return birth + timedelta(days=round(years * 365.25))
+
+
+AGE_UNITS = {"a": 1.0, "yr": 1.0, "year": 1.0, "years": 1.0, "mo": 1 / 12, "month": 1 / 12, "months": 1 / 12,
+             "wk": 7 / 365.25, "week": 7 / 365.25, "weeks": 7 / 365.25, "d": 1 / 365.25, "day": 1 / 365.25,
+             "days": 1 / 365.25}
+
+
+def _age_years(age) -> float | None:
+    """A FHIR Age (UCUM a, mo, wk, d) in years; a bare number is years."""
+    if not isinstance(age, dict) or not isinstance(age.get("value"), int | float) or isinstance(age["value"], bool):
+        return None
+    unit = age.get("code") if isinstance(age.get("code"), str) else age.get("unit")
+    factor = AGE_UNITS.get(unit.strip().lower(), None) if isinstance(unit, str) else 1.0
+    return None if factor is None else age["value"] * factor
+
+
+_YEAR_IN_TEXT = re.compile(r"(?<!\d)(19\d\d|20\d\d)(?!\d)")
+_AGE_IN_TEXT = re.compile(r"(?:\bage[d]?\s*|\bat\s+)(\d{1,3})\b|\b(\d{1,3})\s*(?:years?\s*old|y/?o)\b")
+
+
+def _string_date(text, birth: date | None) -> date | None:
+    """'2005', 'in remission since 1986', 'cured at age 8', 'aged 12' → a date (the year's end, or the birthday)."""
+    if not isinstance(text, str):
+        return None
+    year = _YEAR_IN_TEXT.search(text)
+    if year:
+        return date(int(year.group(1)), 12, 31)
+    age = _AGE_IN_TEXT.search(text.lower())
+    if age:
+        return _years_after(birth, float(age.group(1) or age.group(2)))
+    return None
+
+
+def _condition_dates(condition: dict, birth: date | None) -> tuple[date | None, date | None, date | None]:
+    """(onset, end of onset, abatement), from dateTime, Period, Age, Range of ages or a string."""
+    onset_period = condition.get("onsetPeriod") if isinstance(condition.get("onsetPeriod"), dict) else {}
+    onset_range = condition.get("onsetRange") if isinstance(condition.get("onsetRange"), dict) else {}
+    onset_age = _years_after(birth, _age_years(condition.get("onsetAge")))
+    onset = (parse_date(condition.get("onsetDateTime")) or parse_date(onset_period.get("start")) or onset_age
+             or _years_after(birth, _age_years(onset_range.get("low")))
+             or _string_date(condition.get("onsetString"), birth))
+    onset_end = (parse_date(condition.get("onsetDateTime"), end=True) or onset_age
+                 or _years_after(birth, _age_years(onset_range.get("high"))))
+    abatement_period = condition.get("abatementPeriod") if isinstance(condition.get("abatementPeriod"), dict) else {}
+    abatement_range = condition.get("abatementRange") if isinstance(condition.get("abatementRange"), dict) else {}
+    abatement = (parse_date(condition.get("abatementDateTime")) or parse_date(abatement_period.get("end"))
+                 or _years_after(birth, _age_years(condition.get("abatementAge")))
+                 or _years_after(birth, _age_years(abatement_range.get("high")))
+                 or _string_date(condition.get("abatementString"), birth))
+    return onset, onset_end, abatement
+
+
+def _abated(condition: dict) -> bool:
+    return any(condition.get(k) not in (None, False) for k in (
+        "abatementDateTime", "abatementAge", "abatementPeriod", "abatementRange", "abatementString",
+        "abatementBoolean"))
+
+
+def _condition_findings(condition: dict, birth: date | None = None) -> list[Finding]:
     verification = _status_code(condition.get("verificationStatus"))
     if verification in IGNORED_VERIFICATION:
         return []
     clinical = _status_code(condition.get("clinicalStatus"))
-    abatement = parse_date(condition.get("abatementDateTime")) or parse_date(
-        (condition.get("abatementPeriod") or {}).get("end") if isinstance(condition.get("abatementPeriod"), dict)
-        else None)
+    onset, onset_end, abatement = _condition_dates(condition, birth)
     if clinical is None:
-        active = abatement is None and not condition.get("abatementString")
+        active = not _abated(condition)
     else:
         active = clinical in ACTIVE_CLINICAL
-    onset = parse_date(condition.get("onsetDateTime")) or parse_date(
-        (condition.get("onsetPeriod") or {}).get("start") if isinstance(condition.get("onsetPeriod"), dict)
-        else None)
     recorded = parse_date(condition.get("recordedDate"))
-    dated = [d for d in (abatement, parse_date(condition.get("onsetDateTime"), end=True), onset) if d]
+    dated = [d for d in (abatement, onset_end, onset) if d]
     last_activity = max(dated) if dated else None
     code = condition.get("code")
     notes = _notes(condition)
@@ -412,21 +482,121 @@ def _exam_findings(observation: dict) -> list[Finding]:
     return out
 
 
-def _read_observation(obs: dict, facts: Facts, by_analyte: dict, smoking: list) -> list:
+@dataclass
+class _Readings:
+    """What the Observations of one record yield before the latest result per analyte is chosen."""
+
+    by_analyte: dict[str, list[LabResult]] = field(default_factory=dict)
+    smoking: list[tuple[date | None, Finding, bool]] = field(default_factory=list)
+    # Results with no value but an interpretation (H, L...): (analyte, side, evidence, moment)
+    interpreted: list[tuple[str, str, Evidence, tuple]] = field(default_factory=list)
+    observation_ids: set[str] = field(default_factory=set)
+
+
+_PANEL_PARTS = ("component", "hasMember", "code", "interpretation", "referenceRange", "dataAbsentReason")
+
+
+def _categories(observation: dict) -> set[str]:
+    categories = observation.get("category") if isinstance(observation.get("category"), list) else []
+    return {c.get("code") for cat in categories if isinstance(cat, dict)
+            for c in (cat.get("coding") if isinstance(cat.get("coding"), list) else []) if isinstance(c, dict)}
+
+
+def _has_value(observation: dict) -> bool:
+    return any(k.startswith("value") and observation[k] is not None for k in observation)
+
+
+def _analyte_of(concept) -> tuple[str, dict] | None:
+    for analyte, spec in _analytes().items():
+        if value_set(spec["value_set"]).match_code(concept) is not None:
+            return analyte, spec
+    return None
+
+
+def _too_large(observation: dict) -> str | None:
+    """Why an Observation is too large to read (a whole questionnaire pasted into one answer), or None."""
+    components = observation.get("component") if isinstance(observation.get("component"), list) else []
+    if len(components) > MAX_COMPONENTS:
+        return f"{len(components)} components (more than {MAX_COMPONENTS})"
+    texts = [observation.get("valueString"), _notes(observation)]
+    texts += [c.get("valueString") for c in components if isinstance(c, dict)]
+    size = sum(len(t) for t in texts if isinstance(t, str))
+    return f"{size} characters of text (more than {MAX_TEXT_CHARS})" if size > MAX_TEXT_CHARS else None
+
+
+def _too_old(observation: dict, today: date) -> bool:
+    """Older than the window by effective[x] (what a server's date search reads; US Core requires it on
+    labs, vital signs and survey answers). Without effective[x] a search with date=ge never returns it,
+    so it is not read from prefetch either."""
+    period = observation.get("effectivePeriod") if isinstance(observation.get("effectivePeriod"), dict) else {}
+    if parse_date(period.get("start")) and not period.get("end"):
+        return False  # still going on
+    when = (parse_date(observation.get("effectiveDateTime"), end=True)
+            or parse_date(observation.get("effectiveInstant"), end=True)
+            or parse_date(period.get("end"), end=True))
+    return when is None or when < today - timedelta(days=RECENT_OBSERVATION_DAYS)
+
+
+def _interpretation_side(observation: dict) -> str | None:
+    interpretations = observation.get("interpretation") if isinstance(observation.get("interpretation"), list) else []
+    for concept in interpretations:
+        code = _status_code(concept)
+        if code in LOW_INTERPRETATION:
+            return "low"
+        if code in HIGH_INTERPRETATION:
+            return "high"
+    return None
+
+
+def _component_observations(observation: dict) -> list[dict]:
+    """Each component as an Observation of its own: the panel's id, status, dates and category, the
+    component's code, value and interpretation (Hb and Hct inside a CBC, answers inside a survey)."""
+    shared = {k: v for k, v in observation.items() if k not in _PANEL_PARTS and not k.startswith("value")}
+    components = observation.get("component") if isinstance(observation.get("component"), list) else []
+    return [{**shared, **{k: v for k, v in c.items() if k != "id"}} for c in components if isinstance(c, dict)]
+
+
+def _read_observation(obs: dict, facts: Facts, readings: _Readings) -> list:
     status = obs.get("status")
     if status not in USABLE_OBSERVATION:
         return []
-    code = obs.get("code")
-    analyte_found = False
-    for analyte, spec in _analytes().items():
-        if value_set(spec["value_set"]).match_code(code) is not None:
-            result = _lab_result(obs, analyte, spec)
-            if result is not None:
-                by_analyte.setdefault(analyte, []).append(result)
-            analyte_found = True
-            break
-    if analyte_found:
+    recent_only = not _categories(obs) & set(UNWINDOWED_CATEGORIES)
+    if recent_only and _too_old(obs, facts.today):
+        return []  # describes the patient of years ago (and fetch mode does not ask for it)
+    too_large = _too_large(obs)
+    if too_large:
+        facts.unavailable.append(f"{_ref(obs)}: {too_large}, not read")
         return []
+    parts = _component_observations(obs)
+    if _has_value(obs) or not (parts or obs.get("hasMember")):
+        parts.insert(0, obs)  # a panel's own code names the panel (or the questionnaire), not a finding
+    for part in parts:
+        _read_result(part, facts, readings, recent_only)
+    if not _has_value(obs) and not obs.get("component"):
+        _check_panel(obs, facts, readings)
+    return []
+
+
+def _read_result(obs: dict, facts: Facts, readings: _Readings, recent_only: bool) -> None:
+    """One result: the Observation itself, or one of its components."""
+    status = obs.get("status")
+    code = obs.get("code")
+    analyte = _analyte_of(code)
+    if (analyte is not None or recent_only) and _too_old(obs, facts.today):
+        return  # describes the patient of years ago (and fetch mode does not ask for it)
+    if analyte is not None:
+        name, spec = analyte
+        result = _lab_result(obs, name, spec)
+        if result is not None:
+            readings.by_analyte.setdefault(name, []).append(result)
+        elif not _has_value(obs) and _interpretation_side(obs):
+            side = _interpretation_side(obs)
+            label = next((_status_code(i) for i in obs.get("interpretation") or [] if _status_code(i)), side)
+            evidence = Evidence(_ref(obs), coding_label(code), _effective(obs),
+                                f"no value; interpretation {label} ({side})", "code",
+                                None if status in FINAL_OBSERVATION else status)
+            readings.interpreted.append((name, side, evidence, _moment(obs)))
+        return
     if value_set("smoking-status").match(code) is not None and status in FINAL_OBSERVATION:
         answer = obs.get("valueCodeableConcept")
         when = _effective(obs)
@@ -435,19 +605,63 @@ def _read_observation(obs: dict, facts: Facts, by_analyte: dict, smoking: list) 
                        if isinstance(answer, dict) else None)
         if current or not_current:
             finding = Finding("smoking-status", Evidence(_ref(obs), coding_label(answer), when), onset=when)
-            smoking.append((when, finding, bool(current) and not not_current))
-        return []
-    if status in FINAL_OBSERVATION or status == "preliminary":
+            readings.smoking.append((when, finding, bool(current) and not not_current))
+        return
+    if code is not None or _has_value(obs):
         facts.findings.extend(_exam_findings(obs))
-    return []
 
 
-def _observations(observations: Iterable[dict], facts: Facts) -> None:
-    by_analyte: dict[str, list[LabResult]] = {}
-    smoking: list[tuple[date | None, Finding, bool]] = []
+def _check_panel(obs: dict, facts: Facts, readings: _Readings) -> None:
+    """A panel is read through its members; say so when a member, or every result, is missing."""
+    members = obs.get("hasMember") if isinstance(obs.get("hasMember"), list) else []
+    if members:
+        for member in members:
+            ref = member.get("reference") if isinstance(member, dict) else None
+            ident = ref.rsplit("Observation/", 1)[1] if isinstance(ref, str) and "Observation/" in ref else None
+            if ident is None or ident not in readings.observation_ids:
+                facts.unavailable.append(f"{_ref(obs)}: panel member {'Observation/' + ident if ident else '?'} "
+                                         "is not in the record, not read")
+        return
+    if obs.get("dataAbsentReason") is None and _panel_name(obs.get("code")):
+        facts.unavailable.append(f"{_ref(obs)}: {_panel_name(obs.get('code'))} without results, not read")
+
+
+def _panel_name(concept) -> str | None:
+    panels = _panels()
+    codings = concept.get("coding") if isinstance(concept, dict) and isinstance(concept.get("coding"), list) else []
+    for coding in codings:
+        if isinstance(coding, dict) and coding.get("system") == "http://loinc.org" and coding.get("code") in panels:
+            return panels[coding["code"]]
+    return None
+
+
+@cache
+def _panels() -> dict[str, str]:
+    data = json.loads((Path(__file__).parent / "analytes.json").read_text(encoding="utf-8"))
+    return data["panels"]
+
+
+def _interpreted_findings(readings: _Readings, facts: Facts) -> None:
+    """A result reported only as high or low (no value) counts as the matching diagnosis (anaemia,
+    raised ESR...), when it is newer than every result of that analyte that has a value."""
+    latest: dict[str, tuple[str, Evidence, tuple]] = {}
+    for analyte, side, evidence, moment in readings.interpreted:
+        valued = facts.series.get(analyte) or []
+        if valued and valued[-1].moment >= moment:
+            continue
+        if analyte not in latest or latest[analyte][2] < moment:
+            latest[analyte] = (side, evidence, moment)
+    for analyte, (side, evidence, _) in latest.items():
+        concept = (_analytes()[analyte].get("interpretation") or {}).get(side)
+        if concept:
+            facts.findings.append(Finding(concept, evidence, onset=evidence.date, last_activity=evidence.date))
+
+
+def _observations(observations: list[dict], facts: Facts) -> None:
+    readings = _Readings(observation_ids={o["id"] for o in observations if isinstance(o.get("id"), str)})
     for obs in observations:
-        _safely(facts, obs, lambda o: _read_observation(o, facts, by_analyte, smoking))
-    for analyte, results in by_analyte.items():
+        _safely(facts, obs, lambda o: _read_observation(o, facts, readings))
+    for analyte, results in readings.by_analyte.items():
         # A preliminary result is superseded by a final (amended, corrected) one of the same or a later
         # time; a preliminary newer than every final one is kept, and labelled preliminary on the card.
         latest_final = max((r.moment[0] for r in results if not r.preliminary), default=None)
@@ -455,6 +669,8 @@ def _observations(observations: Iterable[dict], facts: Facts) -> None:
         usable.sort(key=lambda r: r.moment)
         facts.series[analyte] = usable
         facts.labs[analyte] = usable[-1]
+    _interpreted_findings(readings, facts)
+    smoking = readings.smoking
     if smoking:
         smoking.sort(key=lambda s: s[0] or date.min)
         _, finding, current = smoking[-1]
@@ -484,48 +700,95 @@ def _days(start: date | None, end: date | None) -> int | None:
     return (end - start).days if start and end else None
 
 
-def _long_term(request: dict, when: date | None, today: date) -> bool:
-    """Long-term use: ordered as continuous, supplied or valid for 28 days or more, or active since then."""
-    course = _status_code(request.get("courseOfTherapyType"))
-    dispense = request.get("dispenseRequest") if isinstance(request.get("dispenseRequest"), dict) else {}
+def _long_term(resource: dict, when: date | None, end: date | None, today: date) -> bool:
+    """Long-term use: ordered as continuous, supplied, valid or taken for 28 days or more, or active since then."""
+    course = _status_code(resource.get("courseOfTherapyType"))
+    dispense = resource.get("dispenseRequest") if isinstance(resource.get("dispenseRequest"), dict) else {}
     supply = dispense.get("expectedSupplyDuration") if isinstance(dispense.get("expectedSupplyDuration"), dict) else {}
     supply_days = quantity_value(supply, "d") if supply else None
     period = dispense.get("validityPeriod") if isinstance(dispense.get("validityPeriod"), dict) else {}
     valid_days = _days(parse_date(period.get("start")), parse_date(period.get("end")))
-    running_days = _days(when, today) if request.get("status") in ("active", "on-hold", None) else None
+    taken_days = _days(when, end)
+    running_days = _days(when, today) if resource.get("status") in ("active", "on-hold", None) else None
     return (course == "continuous" or any(d is not None and d >= LONG_TERM_DAYS
-                                          for d in (supply_days, valid_days, running_days)))
+                                          for d in (supply_days, valid_days, taken_days, running_days)))
 
 
-def _medication_findings(request: dict, today: date) -> list[Finding]:
-    if request.get("status") in IGNORED_REQUEST:
+def _medication_concepts(resource: dict, medications: dict[str, dict]) -> list[dict] | None:
+    """The concepts naming the drug: medicationCodeableConcept, or the referenced Medication's code and
+    ingredients (contained, included or fetched), or the reference's display. None: cannot be told."""
+    concept = resource.get("medicationCodeableConcept")
+    if isinstance(concept, dict):
+        return [concept]
+    ref = resource.get("medicationReference") if isinstance(resource.get("medicationReference"), dict) else {}
+    target = ref.get("reference") if isinstance(ref.get("reference"), str) else ""
+    medication = None
+    if target.startswith("#"):
+        contained = resource.get("contained") if isinstance(resource.get("contained"), list) else []
+        medication = next((c for c in contained if isinstance(c, dict) and c.get("resourceType") == "Medication"
+                           and c.get("id") == target[1:]), None)
+    elif "Medication/" in target:
+        medication = medications.get(target.rsplit("Medication/", 1)[1].split("/", 1)[0])
+    if medication is not None:
+        concepts = [medication["code"]] if isinstance(medication.get("code"), dict) else []
+        ingredients = medication.get("ingredient") if isinstance(medication.get("ingredient"), list) else []
+        concepts += [i["itemCodeableConcept"] for i in ingredients
+                     if isinstance(i, dict) and isinstance(i.get("itemCodeableConcept"), dict)]
+        if concepts:
+            return concepts
+    if isinstance(ref.get("display"), str) and ref["display"].strip():
+        return [{"text": ref["display"]}]
+    return None
+
+
+def _medication_period(resource: dict) -> tuple[date | None, date | None]:
+    """(start, end) of a request (authoredOn, validity), a statement or an administration (effective)."""
+    if resource.get("resourceType") == "MedicationRequest":
+        dispense = resource.get("dispenseRequest") if isinstance(resource.get("dispenseRequest"), dict) else {}
+        period = dispense.get("validityPeriod") if isinstance(dispense.get("validityPeriod"), dict) else {}
+        return parse_date(resource.get("authoredOn")), parse_date(period.get("end"))
+    period = resource.get("effectivePeriod") if isinstance(resource.get("effectivePeriod"), dict) else {}
+    start = (parse_date(resource.get("effectiveDateTime")) or parse_date(period.get("start"))
+             or parse_date(resource.get("dateAsserted")))
+    return start, parse_date(period.get("end")) or parse_date(resource.get("effectiveDateTime"))
+
+
+MEDICATION_IGNORED = {"MedicationRequest": IGNORED_REQUEST, "MedicationStatement": IGNORED_STATEMENT,
+                      "MedicationAdministration": IGNORED_ADMINISTRATION}
+MEDICATION_ACTIVE = {"MedicationRequest": {"active", "on-hold", None},
+                     "MedicationStatement": {"active", "on-hold", None},
+                     "MedicationAdministration": {"in-progress", "on-hold"}}
+
+
+def _medication_findings(resource: dict, today: date, medications: dict[str, dict] | None = None,
+                         unavailable: list[str] | None = None) -> list[Finding]:
+    """A MedicationRequest, MedicationStatement or MedicationAdministration → findings."""
+    rtype = resource.get("resourceType", "MedicationRequest")
+    if resource.get("status") in MEDICATION_IGNORED.get(rtype, IGNORED_REQUEST):
         return []
-    concept = request.get("medicationCodeableConcept")
-    if not isinstance(concept, dict):
-        ref = request.get("medicationReference")
-        concept = {"text": ref.get("display")} if isinstance(ref, dict) and ref.get("display") else None
-    if concept is None:
+    concepts = _medication_concepts(resource, medications or {})
+    if concepts is None:
+        if unavailable is not None and isinstance(resource.get("medicationReference"), dict):
+            unavailable.append(f"{_ref(resource)}: its Medication could not be resolved, not read")
         return []
-    when = parse_date(request.get("authoredOn"))
-    period = (request.get("dispenseRequest") or {}).get("validityPeriod") if isinstance(
-        request.get("dispenseRequest"), dict) else None
-    end = parse_date(period.get("end")) if isinstance(period, dict) else None
-    active = request.get("status") in ("active", "on-hold", None)
+    when, end = _medication_period(resource)
+    active = resource.get("status") in MEDICATION_ACTIVE.get(rtype, {"active"})
     out = []
     for name in MEDICATION_CONCEPTS:
-        found = value_set(name).match(concept)
+        found, concept = next(((f, c) for c in concepts if (f := value_set(name).match(c)) is not None),
+                              (None, None))
         if found is None:
             continue
-        if name == "cancer-treatment" and not _for_cancer(request):
+        if name == "cancer-treatment" and not _for_cancer(resource):
             continue
-        if name == "immunosuppression" and value_set("systemic-corticosteroid").match(concept) \
-                and not _long_term(request, when, today):
-            continue  # a short steroid course is not immunosuppression
-        out.append(Finding(name, Evidence(_ref(request), _label(concept, found), when, None, found.how,
-                                          _text_or_none(request.get("status"))),
+        if name == "immunosuppression" and value_set("systemic-corticosteroid").match(concept) and (
+                rtype == "MedicationAdministration" or not _long_term(resource, when, end, today)):
+            continue  # a short steroid course (or a single dose) is not immunosuppression
+        out.append(Finding(name, Evidence(_ref(resource), _label(concept, found), when, None, found.how,
+                                          _text_or_none(resource.get("status"))),
                            active=active, onset=when,
                            last_activity=max([d for d in (when, end) if d], default=None),
-                           text=_texts(request, concept)))
+                           text=_texts(resource, concept)))
     return out
 
 
@@ -581,8 +844,9 @@ def extract(record: PatientRecord, today: date) -> Facts:
         patient_reference=f"Patient/{patient['id']}" if isinstance(patient.get("id"), str) else None,
     )
     lbp_condition_ids: set[str] = set()
+    birth = parse_date(patient.get("birthDate"))
     for condition in record.of_type("Condition"):
-        for finding in _safely(facts, condition, _condition_findings):
+        for finding in _safely(facts, condition, lambda c: _condition_findings(c, birth)):
             if finding.concept == "low-back-pain":
                 if finding.active:
                     facts.lbp.append(finding)
@@ -590,8 +854,11 @@ def extract(record: PatientRecord, today: date) -> Facts:
             else:
                 facts.findings.append(finding)
     _observations(record.of_type("Observation"), facts)
-    for request in record.of_type("MedicationRequest"):
-        facts.findings.extend(_safely(facts, request, lambda r: _medication_findings(r, today)))
+    medications = {m["id"]: m for m in record.of_type("Medication") if isinstance(m.get("id"), str)}
+    for rtype in ("MedicationRequest", "MedicationStatement", "MedicationAdministration"):
+        for resource in record.of_type(rtype):
+            facts.findings.extend(_safely(facts, resource, lambda r: _medication_findings(
+                r, today, medications, facts.unavailable)))
     for procedure in record.of_type("Procedure"):
         facts.findings.extend(_safely(facts, procedure, _procedure_findings))
     for encounter in record.of_type("Encounter"):
@@ -601,8 +868,8 @@ def extract(record: PatientRecord, today: date) -> Facts:
             continue
         if record.encounter_id and encounter.get("id") == record.encounter_id:
             facts.lbp.append(finding)
-        elif finding.onset is None or finding.onset <= today:
-            facts.lbp_encounters.append(finding)
+        elif finding.onset is None or finding.onset < today:
+            facts.lbp_encounters.append(finding)  # a visit today is this visit, never an earlier one
     onsets = [f.onset for f in facts.lbp if f.onset]
     facts.lbp_onset = min(onsets) if onsets else None
     return facts

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# LOINC value sets whose Observations the service reads (labs, vitals, smoking status).
-OBSERVATION_VALUE_SETS = (
-    "body-weight",
-    "body-temperature",
-    "calcium-total",
-    "calcium-ionized",
-    "hemoglobin",
-    "hematocrit",
-    "esr",
-    "psa",
-    "alkaline-phosphatase",
-    "smoking-status",
-)
+RESOURCE_TYPES = ("Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
+                  "MedicationStatement", "MedicationAdministration", "Medication")
 
-RESOURCE_TYPES = ("Condition", "Observation", "Encounter", "Procedure", "MedicationRequest")
+# Observation categories (http://terminology.hl7.org/CodeSystem/observation-category) the clinical core
+# reads, each searched on its own: US Core servers answer patient+category, and several refuse a
+# search by patient alone.
+OBSERVATION_CATEGORIES = ("laboratory", "vital-signs", "social-history", "survey", "exam")
+# Observations describe the patient only while recent, except exam findings and social history (smoking,
+# injection drug use), which have their own unwindowed searches: lab results, vital signs, questionnaire
+# answers and Observations without a category (symptoms typed into a flowsheet) older than this are not
+# read, whether they came in prefetch or were fetched (fetch mode asks for them with date=ge, so both
+# modes read the same record). Nothing read from an Observation shows a cancer history; conditions,
+# procedures and medications have no window.
+RECENT_OBSERVATION_DAYS = 730
+UNWINDOWED_CATEGORIES = ("social-history", "exam")
 
 
 @dataclass

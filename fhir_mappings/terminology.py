@@ -30,6 +30,7 @@ SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CPT = "http://www.ama-assn.org/go/cpt"
+HCPCS = "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
 
 SYSTEM_ALIASES = {
     "http://hl7.org/fhir/sid/icd-10": ICD10CM,
@@ -40,8 +41,11 @@ SYSTEM_ALIASES = {
     "urn:oid:2.16.840.1.113883.6.1": LOINC,
     "urn:oid:2.16.840.1.113883.6.88": RXNORM,
     "urn:oid:2.16.840.1.113883.6.12": CPT,
+    "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets": HCPCS,
+    "urn:oid:2.16.840.1.113883.6.285": HCPCS,
 }
-SYSTEM_NAMES = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", LOINC: "LOINC", RXNORM: "RxNorm", CPT: "CPT"}
+SYSTEM_NAMES = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", LOINC: "LOINC", RXNORM: "RxNorm", CPT: "CPT",
+                HCPCS: "HCPCS"}
 
 # Cues that make a mention not a current personal finding (a NegEx-style reading): negation in
 # the few words before it, a relative right before it, or a closing cue right after it.

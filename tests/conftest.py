@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import ipaddress
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import connect_guard as connect_guard_module
 import pytest
 import requests
 
@@ -32,6 +35,15 @@ def fixture_json(relative: str):
 
 def today():
     return datetime.now(UTC).date()
+
+
+def patient_view_body(**changes) -> dict:
+    """A minimal valid patient-view request (Patient p1, no conditions), with top-level keys replaced."""
+    body = {"hook": "patient-view", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            "prefetch": {"patient": {"resourceType": "Patient", "id": "p1"}, "conditions": None}}
+    body.update(changes)
+    return body
 
 
 @pytest.fixture
@@ -124,72 +136,18 @@ def start_service(tmp_path_factory):
 
 # ---------------------------------------------------------------------------- the connect guard
 
-class ConnectGuard:
-    """Refuses, in this test process, every socket connection outside loopback, and remembers it.
-
-    Installed for the whole session (before any fixture runs), so that no test ever sends traffic to
-    a private, link-local or public address, even when the code under test is wrong. Each test
-    fails if something tried (`connect_guard` fixture); a test that expects an attempt (to see
-    *which* address the code chose) takes it with `take()`. Only IP literals on 127.0.0.0/8 and ::1,
-    the name "localhost" and Unix sockets pass: a host name would need DNS.
-    """
-
-    def __init__(self):
-        self.attempts: list[str] = []
-        self._lock = threading.Lock()
-        self._connect = socket.socket.connect
-        self._connect_ex = socket.socket.connect_ex
-
-    @staticmethod
-    def allowed(family: int, address) -> bool:
-        if family == getattr(socket, "AF_UNIX", None):
-            return True
-        host = address[0] if isinstance(address, tuple) and address else address
-        if not isinstance(host, str):
-            return False
-        if host == "localhost":
-            return True
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        ip = getattr(ip, "ipv4_mapped", None) or ip
-        return ip.is_loopback
-
-    def _check(self, sock, address) -> None:
-        if not self.allowed(sock.family, address):
-            shown = address[0] if isinstance(address, tuple) else address
-            with self._lock:
-                self.attempts.append(str(shown))
-            raise OSError(101, f"connection to {shown} blocked by the test connect guard")
-
-    def install(self) -> None:
-        guard = self
-
-        def connect(sock, address):
-            guard._check(sock, address)
-            return guard._connect(sock, address)
-
-        def connect_ex(sock, address):
-            guard._check(sock, address)
-            return guard._connect_ex(sock, address)
-
-        socket.socket.connect = connect
-        socket.socket.connect_ex = connect_ex
-
-    def take(self) -> list[str]:
-        """The blocked attempts so far (and forget them: the test expected them)."""
-        with self._lock:
-            taken, self.attempts = self.attempts, []
-        return taken
-
-
-_connect_guard = ConnectGuard()
-_connect_guard.install()
+# In this process, and (through sitecustomize on PYTHONPATH) in every Python subprocess the tests start.
+_GUARD_LOG = Path(tempfile.mkdtemp(prefix="connect-guard-")) / "blocked.log"
+atexit.register(shutil.rmtree, _GUARD_LOG.parent, True)
+os.environ[connect_guard_module.LOG_VARIABLE] = str(_GUARD_LOG)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(__file__).parent / "subprocess_site")] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+_connect_guard = connect_guard_module.ConnectGuard(str(_GUARD_LOG)).install()
 
 
 @pytest.fixture(autouse=True)
 def connect_guard():
+    """Fails the test if anything (here or in a service it started) tried to connect outside loopback."""
     _connect_guard.take()
     yield _connect_guard
     blocked = _connect_guard.take()
@@ -230,3 +188,27 @@ def serve_app():
     yield serve
     for server in started:
         server.stop()
+
+
+# ---------------------------------------------------------------- databases: SQLite and PostgreSQL
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the session (Debian's binaries, installed by ./scripts/test)."""
+    from postgres_server import PostgresServer, binaries
+
+    if binaries() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: ./scripts/test installs it")
+        pytest.skip("PostgreSQL is not installed: run ./scripts/test once to install it")
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh, empty database of each kind the service supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres").new_database()

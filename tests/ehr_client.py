@@ -14,6 +14,10 @@ Options of `call` / `build_request`:
 - fhir_server_in_request: send `fhirServer` (the FHIR base this client reads from) or not;
 - token: when given, `fhirAuthorization` with every field CDS Hooks 2.0 requires.
 
+`EhrClient(..., observation_needs_category=True)` behaves like EHRs (Epic among them) whose FHIR
+layer refuses an Observation search by patient alone: such a template is not run and its key is left
+out of the prefetch, as CDS Hooks lets a client do with a template it cannot fulfil.
+
 The client's own FHIR reads (to build prefetch) carry no Authorization header: an EHR reads its
 own data with its own credentials, and a test looking at the token must only see the service's.
 """
@@ -64,7 +68,8 @@ def _is_resource(body: Any) -> bool:
 
 class EhrClient:
     def __init__(self, service_base_url: str, fhir_base_url: str, *, user_id: str = DEFAULT_USER,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, observation_needs_category: bool = False):
+        self.observation_needs_category = observation_needs_category
         self.service_base_url = service_base_url.rstrip("/")
         self.fhir_base_url = fhir_base_url.rstrip("/") + "/"
         self.user_id = user_id
@@ -130,14 +135,23 @@ class EhrClient:
             return True, body
         return False, None
 
+    def can_run(self, query: str) -> bool:
+        """Whether this EHR's FHIR layer runs a query (see observation_needs_category)."""
+        path, _, params = query.partition("?")
+        if not (self.observation_needs_category and path == "Observation"):
+            return True
+        names = {pair.split("=", 1)[0] for pair in params.split("&")}
+        return bool(names & {"category", "code", "_id"})
+
     def prefetch(self, service: dict, context: dict[str, Any], *, omit: Collection[str] = ()) -> dict:
-        """Resolve the service's prefetch templates; keys whose tokens cannot be filled are left out."""
+        """Resolve the service's prefetch templates; keys whose tokens cannot be filled, or whose query
+        this EHR does not run, are left out."""
         out: dict[str, dict | None] = {}
         for key, template in (service.get("prefetch") or {}).items():
             if key in omit:
                 continue
             query = fill_template(template, context)
-            if query is None:
+            if query is None or not self.can_run(query):
                 continue
             include, value = self.prefetch_slot(query)
             if include:
@@ -148,12 +162,15 @@ class EhrClient:
 
     def authorization(self, service: dict, token: str, context: dict[str, Any]) -> dict:
         """fhirAuthorization with every required field (access_token, token_type, expires_in, scope,
-        subject), scoped to read the resource types the service's templates name."""
+        subject), scoped to read the resource types the service's templates name, and those they
+        `_include` (MedicationRequest:medication needs Medication)."""
         types = []
         for template in (service.get("prefetch") or {}).values():
-            resource_type = template.split("?", 1)[0].split("/", 1)[0]
-            if resource_type not in types:
-                types.append(resource_type)
+            path, _, params = template.partition("?")
+            named = [path.split("/", 1)[0]]
+            named += ["Medication" for pair in params.split("&")
+                      if pair.startswith("_include=") and pair.endswith(":medication")]
+            types += [t for t in named if t not in types]
         auth = {
             "access_token": token,
             "token_type": "Bearer",

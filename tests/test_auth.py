@@ -67,7 +67,8 @@ def auth(tmp_path, keys, jwks_server, clock, serve_app):
         {"issuer": EHR, "jwks_file": "ehr-jwks.json", "jku_allowed": [jwks_server.url("/jku.json")]},
         {"issuer": TENANTED, "jwks_file": "ehr-jwks.json", "tenants": ["hospital-a", "hospital-b"]},
         {"issuer": ROTATING, "jwks_url": jwks_server.url("/rotating.json")},
-    ], public_base_url=PUBLIC, database_url=f"sqlite:///{tmp_path / 'auth.db'}", rate_limit_per_minute=0)
+    ], public_base_url=PUBLIC, database_url=f"sqlite:///{tmp_path / 'auth.db'}", rate_limit_per_minute=0,
+        fhir={"allow_http": True, "allow_private_networks": True})  # the JWK Set server is on loopback
     settings = load_settings(config, env={})
     app = create_app(settings)
     app.extensions["lbp_auth"].clock = clock
@@ -448,3 +449,68 @@ def test_private_members_of_a_jwks_are_never_used(tmp_path, keys):
 
     private = {**keys["ES384"].public_jwk(), "d": "AAAA"}
     assert "d" not in public_keys({"keys": [private]})[keys["ES384"].kid]
+
+
+def test_jwk_sets_go_through_the_outbound_guard(tmp_path, keys, clock, caplog, jwks_server, serve_app):
+    # A deployment (no [fhir] section): loopback and link-local JWK Set URLs are refused, unconnected.
+    jwks_server.hits.clear()
+    jwks_server.documents["/rotating.json"] = jwks(make_key("ES384", kid="rot-1"))
+    metadata = "http://169.254.169.254/latest/jwks.json"
+    (tmp_path / "ehr-jwks.json").write_text(json.dumps(jwks(keys["ES384"])))
+    config = write_config(tmp_path / "lbp.toml", [
+        {"issuer": ROTATING, "jwks_url": jwks_server.url("/rotating.json")},
+        {"issuer": EHR, "jwks_file": "ehr-jwks.json", "jku_allowed": [metadata]},
+    ], public_base_url=PUBLIC, database_url=f"sqlite:///{tmp_path / 'guard.db'}", rate_limit_per_minute=0)
+    server = serve_app(create_app(load_settings(config, env={})))
+
+    token = Issuer(ROTATING, make_key("ES384", kid="rot-1"), PUBLIC, clock=clock).token("/cds-services")
+    assert_refused(get(server, token), caplog, "unknown kid")
+    token = issuer(keys, clock).token("/cds-services", key=make_key("ES384", kid="elsewhere"),
+                                      header={"jku": metadata})
+    assert_refused(get(server, token), caplog, "unknown kid")
+    assert jwks_server.hits == {}
+    assert caplog.text.count("could not fetch JWK Set") == 2
+
+
+def test_the_signing_clients_fhir_servers_decide_which_fhir_server_may_be_named(tmp_path, keys, clock, serve_app,
+                                                                                  connect_guard):
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks(keys["ES384"])))
+    config = write_config(tmp_path / "lbp.toml", [
+        {"issuer": "https://ehr-a.example", "jwks_file": "jwks.json", "fhir_servers": ["https://fhir-a.example/r4"]},
+        {"issuer": "https://ehr-b.example", "jwks_file": "jwks.json", "fhir_servers": ["https://fhir-b.example/r4"]},
+    ], public_base_url=PUBLIC, database_url=f"sqlite:///{tmp_path / 'servers.db'}", rate_limit_per_minute=0)
+    app = create_app(load_settings(config, env={}))
+    app.extensions["lbp_dns_resolver"] = lambda host, port: ["93.184.216.34"]  # a public address; never called
+    server = serve_app(app)
+    example = next(e for e in examples(today()) if e["hook"] == "patient-view")
+    service_id, body = example_request(example)  # complete prefetch: nothing to fetch
+    path = f"/cds-services/{service_id}"
+
+    def call(iss: str, fhir_server: str) -> requests.Response:
+        token = Issuer(iss, keys["ES384"], PUBLIC, clock=clock).token(path)
+        return requests.post(server.base_url + path, json={**body, "fhirServer": fhir_server}, timeout=60,
+                             headers={"Authorization": f"Bearer {token}"})
+
+    assert call("https://ehr-a.example", "https://fhir-a.example/r4").status_code == 200
+    refused = call("https://ehr-a.example", "https://fhir-b.example/r4")
+    assert refused.status_code == 403
+    assert "issuer 'https://ehr-a.example'" in refused.json()["error"]["message"]
+    assert call("https://ehr-b.example", "https://fhir-b.example/r4").status_code == 200
+    assert connect_guard.attempts == []
+
+
+def test_demo_with_a_configuration_file_requiring_auth_still_runs_in_process(tmp_path, keys, capsys):
+    from cds_service.cli import main
+
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks(keys["ES384"])))
+    config = write_config(tmp_path / "lbp.toml", [{"issuer": EHR, "jwks_file": "jwks.json"}], public_base_url=PUBLIC)
+    assert main(["demo", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "error 401" not in out and "CRITICAL" in out
+
+
+def test_a_jku_naming_the_clients_own_jwks_url_is_accepted(auth, clock, jwks_server):
+    client = Issuer(ROTATING, make_key("ES384", kid="rot-1"), PUBLIC, clock=clock)
+    token = client.token("/cds-services", header={"jku": jwks_server.url("/rotating.json")})
+    assert get(auth, token).status_code == 200
+    assert jwks_server.hits["/rotating.json"] == 1  # the configured set, fetched once

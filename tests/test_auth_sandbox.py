@@ -18,7 +18,9 @@ from auth_tokens import write_config
 from conftest import FIXTURES
 
 from cds_service.app import create_app
+from cds_service.services import SERVICES
 from cds_service.settings import load_settings
+from cds_service.store import CallRecord
 
 SANDBOX = FIXTURES / "cds-hooks-spec" / "cds-hooks-sandbox"
 CAPTURED = SANDBOX / "captured"
@@ -64,7 +66,8 @@ def sandbox_service(tmp_path, clock, serve_app, jku_allowed=(SANDBOX_JKU,)):
     app.extensions["lbp_auth"].clock = clock
     store = app.extensions["lbp_store"]
     for service_id, uuids in STUB_CARDS.items():
-        store.record_cards(service_id, "captured-stub", [{"uuid": u} for u in uuids])
+        store.record_call(CallRecord(service_id, SERVICES[service_id].hook, "captured-stub", None,
+                                     [{"uuid": u} for u in uuids], client_issuer=SANDBOX_ISSUER))
     return serve_app(app)
 
 

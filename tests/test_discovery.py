@@ -33,11 +33,19 @@ def test_prefetch_templates_fetch_what_the_clinical_core_reads(client):
         prefetch = service["prefetch"]
         assert prefetch["patient"] == "Patient/{{context.patientId}}"
         assert prefetch["conditions"].startswith("Condition?patient={{context.patientId}}")
-        for key, rtype in (("observations", "Observation"), ("encounters", "Encounter"),
-                           ("procedures", "Procedure"), ("medications", "MedicationRequest")):
+        for key, rtype in (("labs", "Observation"), ("survey", "Observation"), ("encounters", "Encounter"),
+                           ("procedures", "Procedure"), ("medications", "MedicationRequest"),
+                           ("medicationStatements", "MedicationStatement"),
+                           ("medicationAdministrations", "MedicationAdministration")):
             assert prefetch[key].startswith(f"{rtype}?patient={{{{context.patientId}}}}")
-        assert "http://loinc.org|718-7" in prefetch["observations"]  # haemoglobin
-        assert "http://loinc.org|72166-2" in prefetch["observations"]  # smoking status
+        assert "&category=laboratory&" in prefetch["labs"]
+
+
+def test_usage_requirements_name_a_scope_for_every_resource_type_read(client):
+    for service in services(client).values():
+        for rtype in ("Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
+                      "MedicationStatement", "MedicationAdministration", "Medication"):
+            assert f"patient/{rtype}.read" in service["usageRequirements"], rtype
 
 
 def test_prefetch_templates_use_only_2_0_context_tokens(client):

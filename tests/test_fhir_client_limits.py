@@ -77,3 +77,11 @@ def test_a_fhir_server_url_with_credentials_is_never_allowed(url):
     with pytest.raises(OutboundRefused) as refused:
         policy_for(settings(fhir_allowed_servers="*"), None).check_url(url, base=True)
     assert refused.value.kinds == ("invalid",)
+
+
+def test_a_page_over_the_size_cap_fails_without_being_read(trickle_server, monkeypatch):
+    monkeypatch.setattr("cds_service.fhir_client.MAX_BODY_BYTES", 1000)  # the trickle announces 100,000 bytes
+    client = FhirClient(settings(fhir_max_retries=0))
+    result = client.fetch_all(trickle_server, {"a": "Patient/x"}, None)["a"]
+    client.close()
+    assert not result.ok and "larger than" in result.error and result.status == 200

@@ -11,6 +11,7 @@ the FHIR server, which also records what the service sent.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ehr_client import EhrClient
 from fault_proxy import operation_outcome_body
 
 from cds_service.example_patients import resolve_dates
+from cds_service.services import SLICED_KEYS, SLICES, fetch_queries, fetch_query, prefetch_templates
 
 pytest_plugins = ["fhir_fixtures"]
 
@@ -36,8 +38,16 @@ ORDER_HOOKS = ("order-select", "order-sign")
 # (Encounter, MedicationRequest, Procedure), one consider (two Observations), one with no card, and
 # every order case.
 SELECTED_CASES = ("02", "06", "23", "46", "64", *(str(n) for n in range(71, 81)))
-OPTIONAL_KEYS = ("observations", "examObservations", "encounters", "procedures", "medications")
-ALL_TYPES = {"Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest"}
+# Every record shape of issue 11 (survey answers, panels, onset ages, medications by reference,
+# statements and administrations, CPT/HCPCS procedures, same-day encounters), each in its own hook.
+RECORD_SHAPE_CASES = tuple(sorted(p.name.split("-", 1)[0] for p in CASES_DIR.glob("*.json")
+                                  if 111 <= int(p.name.split("-", 1)[0]) <= 149))
+OPTIONAL_KEYS = ("labs", "vitalSigns", "socialHistory", "survey", "examObservations", "encounters", "procedures",
+                 "medications", "medicationStatements", "medicationAdministrations", "allObservations")
+ALL_TYPES = {"Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
+             "MedicationStatement", "MedicationAdministration"}
+# requests of one call in fetch mode (no Medication to read, every slice one page)
+SEARCHES = 2 + len(OPTIONAL_KEYS) + len(SLICED_KEYS) * (SLICES - 1)
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 MAX_TRANSACTION_UPDATES = 50   # Medplum refuses transactions with more updates than this
@@ -165,7 +175,7 @@ def temperature_patient(name: str, normal: int) -> list[dict]:
                 "valueQuantity": {"value": value, "unit": "°C", "system": UCUM, "code": "Cel"}}
 
     for index in range(normal):
-        when = f"{(day - timedelta(days=60 + index % 300)).isoformat()}T{index % 24:02d}:00:00Z"
+        when = f"{(day - timedelta(days=10 + index % 150)).isoformat()}T{index % 24:02d}:00:00Z"
         resources.append(temperature(f"{prefix}-t{index}", 36.7, when))
     fever_time = f"{(day - timedelta(days=2)).isoformat()}T08:30:00Z"
     resources.append(temperature(f"{prefix}-fever", 38.6, fever_time))
@@ -223,6 +233,18 @@ def ehr_via_proxy(service, fault_proxy):
 def ok_json(response: requests.Response) -> dict:
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def full_prefetch_both_ways(ehr: EhrClient, ehr_via_proxy: EhrClient, stored: StoredCase) -> tuple[dict, str, dict]:
+    """patient-view with full prefetch and no fhirServer (its answer), and the same request, not yet
+    sent, with full prefetch and the fault proxy as fhirServer: (answer, service id, request body)."""
+    hook_instance = str(uuid.uuid4())
+    context = stored.context("patient-view")
+    full = ok_json(ehr.call("patient-view", context, prefetch="full", fhir_server_in_request=False,
+                            hook_instance=hook_instance))
+    service_id, body = ehr_via_proxy.build_request("patient-view", context, prefetch="full",
+                                                   hook_instance=hook_instance)
+    return full, service_id, body
 
 
 def the_card(result: dict) -> dict:
@@ -306,6 +328,153 @@ def test_partial_prefetch_gives_the_same_cards_as_full_prefetch(ehr, ehr_via_pro
         assert requested_types(fault_proxy) == ALL_TYPES - {"Patient", "Condition"}, stored.name
 
 
+# ---------------------------------------------------------------------------- record shapes (issue 11)
+
+
+@pytest.fixture(scope="module")
+def stored_shape_cases(fhir_server) -> dict[str, StoredCase]:
+    return {number: store_case(fhir_server, number) for number in RECORD_SHAPE_CASES}
+
+
+def _run_ids(texts: list[str], stored: StoredCase) -> list[str]:
+    """Expected card texts with the case's resource ids as stored in this run."""
+    prefix = stored.patient_id.rsplit("-", 1)[0]
+    originals = {r["id"].removeprefix(prefix + "-") for r in stored.case["resources"]}
+    return [re.sub(r"\b([A-Z][A-Za-z]+)/([\w.\-]+)",
+                   lambda m: f"{m[1]}/{prefix}-{m[2]}" if m[2] in originals else m[0], text) for text in texts]
+
+
+@pytest.mark.parametrize("number", RECORD_SHAPE_CASES, ids=lambda n: _case_path(n).stem)
+def test_every_record_shape_is_read_alike_from_prefetch_and_from_the_fhir_server(
+        ehr, ehr_via_proxy, fault_proxy, stored_shape_cases, number):
+    stored = stored_shape_cases[number]
+    hook = stored.case["hook"]
+    hook_instance = str(uuid.uuid4())
+    context = stored.context(hook)
+    service_id, prefetched = ehr.build_request(hook, context, prefetch="full", fhir_server_in_request=False,
+                                               hook_instance=hook_instance)
+    with_prefetch = ok_json(ehr.post(service_id, prefetched))
+    fetched = ok_json(ehr_via_proxy.call(hook, context, prefetch="none", hook_instance=hook_instance))
+
+    assert requested_types(fault_proxy) >= ALL_TYPES, "the service did not fetch every key itself"
+    assert fetched == with_prefetch
+    expect = stored.case["expect"]
+    tiers = [card["extension"]["lbp-redflags"]["tier"] for card in fetched["cards"]]
+    assert tiers == ([expect["tier"]] if expect["tier"] else []), stored.name
+    if not expect["tier"]:
+        return
+    ext = card_extension(fetched)
+    assert set(expect.get("redFlagsInclude", [])) <= set(ext["redFlags"]), ext["redFlags"]
+    assert not set(expect.get("redFlagsExclude", [])) & set(ext["redFlags"]), ext["redFlags"]
+    for text in _run_ids(expect.get("unavailableInclude", []), stored):
+        assert any(item.startswith(text) for item in ext.get("unavailable", [])), ext.get("unavailable")
+        assert text in the_card(fetched)["detail"]
+    for text in expect.get("evidenceValueInclude", []):
+        assert text in the_card(fetched)["detail"]
+
+
+def test_the_fhir_server_answers_every_search_the_service_sends_as_a_us_core_server_would(fhir_server):
+    """The in-memory server must honour category, date, _sort, intent and _include, or the
+    prefetch-versus-fetch comparisons above would pass on a server that ignores them."""
+    prefix = f"{RUN}-search"
+    subject = {"reference": f"Patient/{prefix}-pat"}
+
+    def observation(ident: str, category: str | None, when: str) -> dict:
+        resource = {"resourceType": "Observation", "id": f"{prefix}-{ident}", "status": "final", "subject": subject,
+                    "code": {"text": ident}, "effectiveDateTime": when}
+        if category:
+            resource["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                                 "code": category}]}]
+        return resource
+
+    day = today()
+    resources = [
+        {"resourceType": "Patient", "id": f"{prefix}-pat"},
+        observation("lab-new", "laboratory", (day - timedelta(days=3)).isoformat()),
+        observation("lab-old", "laboratory", (day - timedelta(days=900)).isoformat()),
+        observation("survey", "survey", (day - timedelta(days=1)).isoformat()),
+        observation("bare", None, (day - timedelta(days=2)).isoformat()),
+        observation("boundary", None, f"{(day - timedelta(days=365)).isoformat()}T12:00:00Z"),   # a slice edge
+        {"resourceType": "Medication", "id": f"{prefix}-med", "code": {"text": "tamoxifen"}},
+        {"resourceType": "MedicationRequest", "id": f"{prefix}-mr", "status": "active", "intent": "plan",
+         "subject": subject, "medicationReference": {"reference": f"Medication/{prefix}-med"}},
+        {"resourceType": "MedicationAdministration", "id": f"{prefix}-ma", "status": "completed", "subject": subject,
+         "medicationReference": {"reference": f"Medication/{prefix}-med"},
+         "effectiveDateTime": (day - timedelta(days=4000)).isoformat()},
+    ]
+    fhir_server.load_transaction(transaction(resources))
+    context = {"patientId": f"{prefix}-pat"}
+
+    def ids(key: str, query: str | None = None) -> list[tuple[str, str]]:
+        query = query or fetch_query(key, prefetch_templates()[key], context, day)
+        bundle = requests.get(fhir_server.base_url + query, timeout=10).json()
+        assert bundle["resourceType"] == "Bundle", bundle
+        return [(e["resource"]["id"].removeprefix(prefix + "-"), e["search"]["mode"]) for e in bundle["entry"]] \
+            if bundle.get("entry") else []
+
+    assert ids("labs") == [("lab-new", "match")]                       # category and date=ge
+    assert ids("survey") == [("survey", "match")]
+    assert ids("allObservations") == [("survey", "match"), ("bare", "match"), ("lab-new", "match"),
+                                      ("boundary", "match")]           # newest first
+    slices = fetch_queries("allObservations", prefetch_templates()["allObservations"], context, day)
+    assert [i for query in slices for i in ids("allObservations", query)] == ids("allObservations")
+    assert ids("medications") == [("mr", "match"), ("med", "include")]  # intent and _include
+    assert ids("medicationAdministrations") == [("ma", "match"), ("med", "include")]   # no date window
+
+
+def test_observations_without_category_refused_by_the_server_are_not_checked(ehr_via_proxy, fault_proxy,
+                                                                             stored_shape_cases):
+    # Like Epic: Observation?patient= without category or code is refused. The new retention typed into
+    # an uncategorised flowsheet row cannot be seen, and the card says what was not checked.
+    fault_proxy.operation_outcome(r"/Observation\?patient=[^&]+&date=", "category or code is required", status=400)
+    response = fetch_mode(ehr_via_proxy, stored_shape_cases["113"])
+    card = the_card(ok_json(response))
+    ext = card["extension"]["lbp-redflags"]
+    assert ext["tier"] == "none" and ext["dataComplete"] is False
+    [item] = unavailable_about(ext, "observations without a category")
+    assert "not checked" in item and "HTTP 400" in item
+    assert item in card["detail"]
+    assert not unavailable_about(ext, "laboratory results")
+
+
+def test_an_ehr_that_runs_no_search_without_category_leaves_the_service_to_fetch_it(
+        service, fault_proxy, stored_shape_cases):
+    stored = stored_shape_cases["113"]
+    with EhrClient(service.base_url, fault_proxy.base_url, observation_needs_category=True) as ehr:
+        service_id, body = ehr.build_request("patient-view", stored.context("patient-view"), prefetch="full")
+        assert "allObservations" not in body["prefetch"] and "survey" in body["prefetch"]
+        fault_proxy.clear_requests()
+        ext = card_extension(ok_json(ehr.post(service_id, body)))
+    assert ext["tier"] == "emergency"
+    sent = fetch_queries("allObservations", prefetch_templates()["allObservations"],
+                         {"patientId": stored.patient_id}, today())
+    assert len(sent) > 1 and all("category" not in query for query in sent)
+    assert sorted(unquote(r.query) for r in fault_proxy.requests) == sorted(   # sent in parallel
+        query.split("?", 1)[1] + "&_count=200" for query in sent)
+
+
+def test_a_medication_the_prefetch_did_not_include_is_read_in_a_second_round(ehr, ehr_via_proxy, fault_proxy,
+                                                                              stored_shape_cases):
+    full, service_id, body = full_prefetch_both_ways(ehr, ehr_via_proxy, stored_shape_cases["135"])
+    medications = body["prefetch"]["medications"]
+    medications["entry"] = [e for e in medications["entry"] if e["resource"]["resourceType"] != "Medication"]
+    fault_proxy.clear_requests()
+    second_round = ok_json(ehr_via_proxy.post(service_id, body))
+    assert [r.path.rsplit("/", 2)[-2] for r in fault_proxy.requests] == ["Medication"]
+    assert second_round == full
+    assert "cancer-history" in card_extension(full)["redFlags"]
+
+
+def test_a_medication_the_server_cannot_return_is_named_not_read(ehr_via_proxy, fault_proxy, stored_shape_cases):
+    stored = stored_shape_cases["135"]
+    fault_proxy.status(r"/Medication/", 404)
+    fault_proxy.rewrite(r"/MedicationRequest\?", "include", "outcome")  # the server's _include is lost
+    ext = card_extension(ok_json(fetch_mode(ehr_via_proxy, stored)))
+    assert "cancer-history" not in ext["redFlags"]
+    assert any(item.startswith(f"MedicationRequest/{stored.patient_id.rsplit('-', 1)[0]}-mr1: its Medication")
+               for item in ext["unavailable"]), ext["unavailable"]
+
+
 # ---------------------------------------------------------------------------- paging
 
 
@@ -332,8 +501,9 @@ def febrile_on_the_last_page(temperature_patients, ehr: EhrClient, pages: int) -
 
 
 def temperature_searches(proxy) -> list:
-    """The requests of the `observations` key (the one whose codes include body temperature)."""
-    return [r for r in proxy.requests_to(r"/Observation\?") if "8310-5" in unquote(r.query)]
+    """The requests of the newest date slice of the `vitalSigns` key, where every temperature is."""
+    return [r for r in proxy.requests_to(r"/Observation\?")
+            if "category=vital-signs" in unquote(r.query) and "date=lt" not in unquote(r.query)]
 
 
 def test_service_follows_next_links_and_finds_a_flag_on_the_last_page(
@@ -350,29 +520,31 @@ def test_service_follows_next_links_and_finds_a_flag_on_the_last_page(
     assert all(f"_count={SMALL_PAGE}" in r.query for r in pages)
 
 
-def test_page_cap_reached_marks_the_observations_as_truncated(small_page_service, fault_proxy,
-                                                              temperature_patients, ehr):
-    patient_id, _fever_id = febrile_on_the_last_page(temperature_patients, ehr, pages=2 * PAGE_CAP)
+def test_page_cap_drops_the_oldest_results_and_marks_the_observations_as_truncated(
+        small_page_service, fault_proxy, temperature_patients, ehr):
+    # Searches come newest first (_sort=-date): the page cap drops the oldest temperatures, not the fever.
+    patient_id, fever_id = febrile_on_the_last_page(temperature_patients, ehr, pages=2 * PAGE_CAP)
     with EhrClient(small_page_service.base_url, fault_proxy.base_url) as client:
         result = ok_json(client.call("patient-view", {"patientId": patient_id}, prefetch="none"))
     card = the_card(result)
     ext = card["extension"]["lbp-redflags"]
-    assert "fever" not in ext["redFlags"]
+    assert f"Observation/{fever_id}" in ext["evidence"]["fever"]
     assert ext["dataComplete"] is False
-    truncated = unavailable_about(ext, "labs, vital signs and smoking status")
+    truncated = unavailable_about(ext, "vital signs")
     assert truncated and "page limit" in truncated[0], ext.get("unavailable")
     assert truncated[0] in card["detail"]
     assert len(temperature_searches(fault_proxy)) == PAGE_CAP
+    assert all("_sort=-date" in unquote(r.query) for r in temperature_searches(fault_proxy))
 
 
 def test_paginated_prefetch_bundle_is_completed_from_the_fhir_server(service, temperature_patients,
                                                                      fault_proxy):
-    patient_id, fever_id = temperature_patients("prefetch-paged", 45)   # 3 pages of the server's 20
+    patient_id, fever_id = temperature_patients("prefetch-paged", 145)   # 2 pages of the templates' 100
     with EhrClient(service.base_url, fault_proxy.base_url) as ehr:
         service_id, body = ehr.build_request("patient-view", {"patientId": patient_id}, prefetch="full")
-        first_page = body["prefetch"]["observations"]
+        first_page = body["prefetch"]["vitalSigns"]
         assert any(link["relation"] == "next" for link in first_page["link"])
-        assert fever_id not in {e["resource"]["id"] for e in first_page["entry"]}
+        assert fever_id in {e["resource"]["id"] for e in first_page["entry"]}   # newest first
         fault_proxy.clear_requests()
         result = ok_json(ehr.post(service_id, body))
     ext = card_extension(result)
@@ -406,7 +578,7 @@ def test_401_on_observations_only_gives_cards_marked_incomplete(ehr_via_proxy, f
     result = ok_json(fetch_mode(ehr_via_proxy, stored_cases["46"]))
     ext = card_extension(result)
     assert ext["dataComplete"] is False
-    labs = unavailable_about(ext, "labs, vital signs and smoking status")
+    labs = unavailable_about(ext, "laboratory results")
     assert labs and "401" in labs[0], ext.get("unavailable")
     assert unavailable_about(ext, "examination findings")      # the other Observation search
     assert not unavailable_about(ext, "problem list")
@@ -441,7 +613,7 @@ def test_observations_slower_than_the_read_timeout_time_out(impatient_service, f
     ext = card_extension(ok_json(response))
     assert READ_TIMEOUT <= elapsed < TOTAL_TIMEOUT + SLACK, f"answered after {elapsed:.1f} s"
     assert ext["dataComplete"] is False
-    labs = unavailable_about(ext, "labs, vital signs and smoking status")
+    labs = unavailable_about(ext, "laboratory results")
     assert labs and "timed out" in labs[0], ext.get("unavailable")
     assert not unavailable_about(ext, "problem list"), "only the slow key may be missing"
 
@@ -459,8 +631,8 @@ def test_observation_pages_beyond_the_total_timeout_time_out(impatient_service, 
     assert TOTAL_TIMEOUT <= elapsed < TOTAL_TIMEOUT + SLACK, f"answered after {elapsed:.1f} s: {ext}"
     assert 1 < len(temperature_searches(fault_proxy)) < 10
     assert ext["dataComplete"] is False
-    labs = unavailable_about(ext, "labs, vital signs and smoking status")
-    assert labs and "timed out" in labs[0], ext.get("unavailable")
+    vitals = unavailable_about(ext, "vital signs")
+    assert vitals and "timed out" in vitals[0], ext.get("unavailable")
 
 
 def test_operation_outcome_instead_of_procedures_is_reported_unavailable(ehr_via_proxy, fault_proxy,
@@ -534,13 +706,7 @@ def test_malformed_resources_from_the_fhir_server_never_give_500(ehr_via_proxy, 
 @pytest.mark.parametrize("key", ["conditions", "procedures"])
 def test_operation_outcome_in_a_prefetch_slot_is_fetched_again(ehr, ehr_via_proxy, fault_proxy, stored_cases,
                                                                key):
-    stored = stored_cases["23"]
-    hook_instance = str(uuid.uuid4())
-    context = stored.context("patient-view")
-    full = ok_json(ehr.call("patient-view", context, prefetch="full", fhir_server_in_request=False,
-                            hook_instance=hook_instance))
-    service_id, body = ehr_via_proxy.build_request("patient-view", context, prefetch="full",
-                                                   hook_instance=hook_instance)
+    full, service_id, body = full_prefetch_both_ways(ehr, ehr_via_proxy, stored_cases["23"])
     body["prefetch"][key] = json.loads(operation_outcome_body("store unavailable", "transient"))
     fault_proxy.clear_requests()
     refetched = ok_json(ehr_via_proxy.post(service_id, body))
@@ -560,7 +726,7 @@ def test_bearer_token_is_sent_to_the_fhir_server_and_never_logged(service, ehr_v
                                                    prefetch="none", token=token)
     since = len(service.log())
     ok_json(ehr_via_proxy.post(service_id, body))
-    assert len(fault_proxy.requests) == 7
+    assert len(fault_proxy.requests) == SEARCHES
     assert {r.headers.get("Authorization") for r in fault_proxy.requests} == {f"Bearer {token}"}
     log = log_after(service, since, f"POST /cds-services/{service_id}")
     assert f"POST /cds-services/{service_id}" in log, "the service's log does not show this call"
@@ -589,7 +755,7 @@ def test_without_fhir_authorization_no_authorization_header_is_sent(ehr_via_prox
                                                    prefetch="none")
     assert "fhirAuthorization" not in body
     ok_json(ehr_via_proxy.post(service_id, body))
-    assert len(fault_proxy.requests) == 7
+    assert len(fault_proxy.requests) == SEARCHES
     assert all("Authorization" not in r.headers for r in fault_proxy.requests)
 
 

@@ -358,6 +358,13 @@ def test_tls_verifies_the_certificate_for_the_name_not_the_pinned_address(tls_se
         guarded.get(f"https://other.test:{port_of(server)}/fhir/Patient/p1", timeout=5)
 
 
+def test_a_deployments_ca_bundle_is_honoured(tls_server, monkeypatch):
+    server, ca_file = tls_server
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_file)
+    guarded = outbound.session(policy(resolver=FakeDns({"ehr.test": ["127.0.0.1"]}), allow_private_networks=True))
+    assert guarded.get(f"https://ehr.test:{port_of(server)}/fhir/Patient/p1", timeout=5).json()["id"] == "p1"
+
+
 def test_a_redirect_to_the_metadata_address_is_not_followed(local, connect_guard):
     url = f"http://127.0.0.1:{port_of(local)}/redirect"
     allowing = policy(allow_private_networks=True)
@@ -425,3 +432,41 @@ def test_the_fhir_client_uses_the_policy_it_is_given(local, connect_guard):
         fhir.close()
     assert len(local.seen) == 1 and connect_guard.attempts == []
 
+
+
+# ------------------------------------------------------------------------------- the connect guard itself
+
+
+@pytest.mark.parametrize("address", [("10.255.255.1", 80), ("169.254.169.254", 80), ("fe80::1", 80, 0, 0),
+                                     (PUBLIC, 443)])
+def test_the_connect_guard_blocks_and_reports_any_connection_outside_loopback(connect_guard, address):
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock, pytest.raises(OSError, match="connect guard"):
+        sock.connect(address)
+    assert connect_guard.take() == [address[0]]
+
+
+def test_the_connect_guard_lets_loopback_through(local, connect_guard):
+    with socket.create_connection(("127.0.0.1", port_of(local)), timeout=5):
+        pass
+    assert connect_guard.attempts == []
+
+
+def test_a_resolver_that_does_not_answer_is_not_waited_for_beyond_the_timeout(connect_guard):
+    release = threading.Event()
+
+    def hanging(host: str, port: int) -> list[str]:
+        release.wait(30)
+        return ["10.0.0.1"]
+
+    try:
+        with pytest.raises(socket.gaierror):
+            policy(resolver=hanging).addresses("ehr.example.org", 443, timeout=0.2)
+        # Not refused when the request arrives (a complete prefetch needs no connection) ...
+        assert policy(resolver=hanging).check_server("https://ehr.example.org/fhir", timeout=0.2).host
+        # ... and unreachable, with nothing sent, when a fetch needs one.
+        with pytest.raises(OutboundError, match="unreachable"):
+            outbound.get_json("https://ehr.example.org/fhir/metadata", policy(resolver=hanging), timeout=0.2)
+    finally:
+        release.set()
+    assert connect_guard.attempts == []

@@ -186,3 +186,14 @@ def test_check_prints_which_setting_allows_the_server(monkeypatch, capsys, conne
     assert "add it to fhir_allowed_servers (LBP_FHIR_ALLOWED_SERVERS)" in err
     assert connect_guard.attempts == []
 
+
+
+def test_the_connect_guard_also_watches_the_service_subprocesses(start_service, connect_guard):
+    """A service told to call a private address (allowed by its settings) is stopped by the guard."""
+    service = start_service(fhir_allowed_servers="*", fhir_allow_private_networks="true", fhir_max_retries="0",
+                            workers="1")
+    service_id, body = complete_request("http://10.255.255.1/fhir")
+    del body["prefetch"]["conditions"]
+    response = service.post(service_id, body)
+    assert response.status_code == 412, response.text
+    assert connect_guard.take() == ["10.255.255.1"]

@@ -1,14 +1,19 @@
 """Prefetch semantics of CDS Hooks 2.0: absent = not provided, null = no data, OperationOutcome = error."""
 
+from datetime import date
+
 import pytest
 
 from cds_service.errors import ServiceError
-from cds_service.prefetch import gather
+from cds_service.prefetch import gather, prefetch_for
+from cds_service.services import prefetch_templates
 
 PATIENT = {"resourceType": "Patient", "id": "p1"}
 EMPTY = {"resourceType": "Bundle", "type": "searchset", "entry": []}
-ALL_NULL = {"conditions": None, "observations": None, "examObservations": None, "encounters": None,
-            "procedures": None, "medications": None}
+ALL_NULL = {key: None for key in prefetch_templates() if key != "patient"}
+OPTIONAL = set(ALL_NULL) - {"conditions"}
+TODAY = date(2026, 11, 30)
+SERVER = "http://127.0.0.1:1/fhir"
 
 
 def body(prefetch, **extra):
@@ -28,8 +33,8 @@ class Fetcher:
 
 
 class Result:
-    def __init__(self, resource=None, ok=True, error=None, truncated=False):
-        self.resource, self.ok, self.error, self.truncated = resource, ok, error, truncated
+    def __init__(self, resource=None, ok=True, error=None, truncated=False, status=None):
+        self.resource, self.ok, self.error, self.truncated, self.status = resource, ok, error, truncated, status
 
 
 def test_null_means_no_data_and_is_not_reported_missing():
@@ -39,15 +44,130 @@ def test_null_means_no_data_and_is_not_reported_missing():
 
 def test_absent_optional_keys_without_fhir_server_are_reported_missing():
     gathered = gather(body({"patient": PATIENT, "conditions": EMPTY}))
-    assert len(gathered.unavailable) == 5
-    assert any(item.startswith("labs, vital signs and smoking status") for item in gathered.unavailable)
+    assert len(gathered.unavailable) == len(OPTIONAL)
+    assert any(item.startswith("laboratory results") for item in gathered.unavailable)
 
 
 def test_absent_keys_are_fetched_from_the_fhir_server_with_the_context_filled_in():
-    fetcher = Fetcher({"observations": Result(EMPTY)})
-    gather(body({"patient": PATIENT, "conditions": EMPTY}, fhirServer="http://127.0.0.1:1/fhir"), fetcher)
-    assert fetcher.asked["observations"].startswith("Observation?patient=p1&code=")
-    assert set(fetcher.asked) == {"observations", "examObservations", "encounters", "procedures", "medications"}
+    fetcher = Fetcher({"labs": Result(EMPTY)})
+    gather(body({"patient": PATIENT, "conditions": EMPTY}, fhirServer=SERVER), fetcher, TODAY)
+    assert fetcher.asked["survey"] == "Observation?patient=p1&category=survey&date=ge2024-11-30&_sort=-date"
+    assert {key.split(" ")[0] for key in fetcher.asked} == OPTIONAL
+
+
+def test_large_searches_are_cut_into_date_slices_fetched_in_parallel_newest_first():
+    fetcher = Fetcher({})
+    gather(body({"patient": PATIENT, "conditions": EMPTY}, fhirServer=SERVER), fetcher, TODAY)
+    assert [query for key, query in fetcher.asked.items() if key.startswith("labs")] == [
+        "Observation?patient=p1&category=laboratory&date=ge2026-06-01&_sort=-date",
+        "Observation?patient=p1&category=laboratory&date=ge2025-11-30&date=lt2026-06-01&_sort=-date",
+        "Observation?patient=p1&category=laboratory&date=ge2025-05-31&date=lt2025-11-30&_sort=-date",
+        "Observation?patient=p1&category=laboratory&date=ge2024-11-30&date=lt2025-05-31&_sort=-date"]
+    assert [key for key in fetcher.asked if key.startswith("allObservations")] == [
+        f"allObservations {i}/4" for i in range(1, 5)]
+
+
+def test_slices_are_merged_and_one_failed_slice_makes_the_key_incomplete():
+    def bundle(ident):
+        return dict(EMPTY, entry=[{"resource": {"resourceType": "Observation", "id": ident}}])
+    fetcher = Fetcher({"labs 1/4": Result(bundle("new")), "labs 2/4": Result(bundle("older")),
+                       "labs 3/4": Result(ok=False, error="timed out"), "labs 4/4": Result(EMPTY)})
+    gathered = gather(body({"patient": PATIENT, **{k: v for k, v in ALL_NULL.items() if k != "labs"}},
+                           fhirServer=SERVER), fetcher, TODAY)
+    assert [r["id"] for r in gathered.resources if r["resourceType"] == "Observation"] == ["new", "older"]
+    assert gathered.unavailable == ["laboratory results: timed out"]
+
+
+def test_fetch_mode_windows_only_recent_only_observations():
+    fetcher = Fetcher({"conditions": Result(EMPTY)})
+    gather(body({"patient": PATIENT}, fhirServer=SERVER), fetcher, TODAY)
+    windowed = {key.split(" ")[0] for key, query in fetcher.asked.items() if "date=ge" in query}
+    assert windowed == {"labs", "vitalSigns", "survey", "allObservations"}
+    assert fetcher.asked["conditions"] == "Condition?patient=p1"
+    assert fetcher.asked["socialHistory"] == "Observation?patient=p1&category=social-history&_sort=-date"
+    assert fetcher.asked["allObservations 4/4"] == (
+        "Observation?patient=p1&date=ge2024-11-30&date=lt2025-05-31&_sort=-date")
+    assert list(fetcher.asked)[-1] == "allObservations 4/4"
+
+
+def test_every_search_template_is_bounded_and_observations_come_newest_first():
+    for key, template in prefetch_templates().items():
+        if "?" in template:
+            assert "&_count=" in template, key
+        if template.startswith("Observation?"):
+            assert "&_sort=-date" in template, key
+            assert key == "allObservations" or "&category=" in template, key
+    assert "intent=" in prefetch_templates()["medications"]   # US Core: patient+intent
+    for key in ("medications", "medicationStatements", "medicationAdministrations"):
+        assert "&_include=" in prefetch_templates()[key] and ":medication" in prefetch_templates()[key]
+
+
+@pytest.mark.parametrize("status", [400, 403])
+def test_a_refused_search_without_category_is_not_checked_not_a_failure(status):
+    fetcher = Fetcher({f"allObservations {i}/4": Result(ok=False, error=f"HTTP {status} (refused)", status=status)
+                       for i in range(1, 5)})
+    gathered = gather(body({"patient": PATIENT, **{k: v for k, v in ALL_NULL.items() if k != "allObservations"},
+                            "conditions": EMPTY}, fhirServer=SERVER), fetcher, TODAY)
+    assert gathered.unavailable == [
+        "observations without a category (e.g. symptoms typed into a flowsheet): not checked: the FHIR server "
+        f"does not allow a search without category (HTTP {status} (refused))"]
+
+
+def medication_request(ident, reference):
+    return {"resourceType": "MedicationRequest", "id": ident, "status": "active", "intent": "order",
+            "subject": {"reference": "Patient/p1"}, "medicationReference": {"reference": reference}}
+
+
+class MedicationFetcher(Fetcher):
+    """Serves Medication reads by id; records every round of queries."""
+
+    def __init__(self, medications):
+        super().__init__({})
+        self.medications, self.rounds = medications, []
+
+    def __call__(self, base, queries, token):
+        self.rounds.append(dict(queries))
+        out = {}
+        for key, query in queries.items():
+            medication = self.medications.get(query.removeprefix("Medication/"))
+            out[key] = Result(medication) if medication else Result(ok=False, error="HTTP 404", status=404)
+        return out
+
+
+def test_medications_not_included_are_read_in_a_second_round():
+    included = {"resourceType": "Medication", "id": "m-in", "code": {"text": "tamoxifen"}}
+    bundle = dict(EMPTY, entry=[{"resource": medication_request("r1", "Medication/m-in")},
+                                {"resource": included, "search": {"mode": "include"}},
+                                {"resource": medication_request("r2", "Medication/m-out")},
+                                {"resource": medication_request("r3", f"{SERVER}/Medication/m-abs")},
+                                {"resource": medication_request("r4", "#contained")},
+                                {"resource": medication_request("r5", "Medication/gone")}])
+    server_side = {"m-out": {"resourceType": "Medication", "id": "m-out", "code": {"text": "letrozole"}},
+                   "m-abs": {"resourceType": "Medication", "id": "m-abs", "code": {"text": "anastrozole"}}}
+    fetcher = MedicationFetcher(server_side)
+    gathered = gather(body({"patient": PATIENT, **ALL_NULL, "medications": bundle}, fhirServer=SERVER),
+                      fetcher, TODAY)
+    assert fetcher.rounds == [{"medication 0": "Medication/m-out", "medication 1": "Medication/m-abs",
+                               "medication 2": "Medication/gone"}]
+    assert [r["id"] for r in gathered.resources if r["resourceType"] == "Medication"] == ["m-in", "m-out", "m-abs"]
+
+
+def test_without_a_fhir_server_there_is_no_second_round():
+    bundle = dict(EMPTY, entry=[{"resource": medication_request("r1", "Medication/m-out")}])
+    gathered = gather(body({"patient": PATIENT, **ALL_NULL, "medications": bundle}), None, TODAY)
+    assert not any(r["resourceType"] == "Medication" for r in gathered.resources)
+
+
+def test_prefetch_builder_fills_each_category_and_includes_referenced_medications():
+    survey = {"resourceType": "Observation", "id": "o1", "category": [{"coding": [{"code": "survey"}]}]}
+    bare = {"resourceType": "Observation", "id": "o2"}
+    medication = {"resourceType": "Medication", "id": "m1"}
+    prefetch = prefetch_for([PATIENT, survey, bare, medication, medication_request("r1", "Medication/m1")])
+    assert [e["resource"]["id"] for e in prefetch["survey"]["entry"]] == ["o1"]
+    assert [e["resource"]["id"] for e in prefetch["allObservations"]["entry"]] == ["o1", "o2"]
+    assert prefetch["labs"]["entry"] == []
+    assert [(e["resource"]["id"], e["search"]["mode"]) for e in prefetch["medications"]["entry"]] == [
+        ("r1", "match"), ("m1", "include")]
 
 
 def test_operation_outcome_in_a_slot_is_fetched_again_when_a_server_is_given():
@@ -55,7 +175,7 @@ def test_operation_outcome_in_a_slot_is_fetched_again_when_a_server_is_given():
     fetcher = Fetcher({"conditions": Result(EMPTY)})
     gather(body({"patient": PATIENT, **ALL_NULL, "conditions": outcome}, fhirServer="http://127.0.0.1:1/fhir"),
            fetcher)
-    assert fetcher.asked == {"conditions": "Condition?patient=p1"}
+    assert fetcher.asked == {"conditions": "Condition?patient=p1"}   # the template's _count left to the client
 
 
 def test_next_page_of_a_paginated_prefetch_bundle_is_fetched_from_the_same_server():

@@ -1,16 +1,9 @@
 """Bad input gets the right 4xx with a JSON body saying what is wrong; never a 500."""
 
 import pytest
+from conftest import patient_view_body as valid_body
 
 PV = "/cds-services/lbp-patient-view"
-
-
-def valid_body(**changes):
-    body = {"hook": "patient-view", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-            "context": {"userId": "Practitioner/1", "patientId": "p1"},
-            "prefetch": {"patient": {"resourceType": "Patient", "id": "p1"}, "conditions": None}}
-    body.update(changes)
-    return body
 
 
 def error_of(response, status):

@@ -17,7 +17,8 @@ SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CPT = "http://www.ama-assn.org/go/cpt"
-SYSTEMS = {ICD10CM, SNOMED, LOINC, RXNORM, CPT}
+HCPCS = "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
+SYSTEMS = {ICD10CM, SNOMED, LOINC, RXNORM, CPT, HCPCS}
 
 ICD_RE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
 

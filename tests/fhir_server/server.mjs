@@ -58,7 +58,32 @@ const { readJson, SEARCH_PARAMETER_BUNDLE_FILES } = definitions;
 indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
 indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
 for (const file of SEARCH_PARAMETER_BUNDLE_FILES) {
-  indexSearchParameterBundle(readJson(file));
+  indexSearchParameterBundle(perResourceType(readJson(file)));
+}
+
+// FHIR defines many search parameters once for several resource types, with one expression that is
+// the union of every type's path ("AllergyIntolerance.patient | CarePlan.subject.where(resolve() is
+// Patient) | ... | Observation.subject.where(resolve() is Patient) | ..."). The in-memory store
+// evaluates that whole union on every resource it filters or sorts: seconds per search on a few
+// thousand Observations, so `patient`, `date` and `_sort=-date` searches crawled. Each parameter is
+// indexed per resource type with that type's own path only; the answers are the same.
+function perResourceType(bundle) {
+  const entry = [];
+  for (const item of bundle.entry ?? []) {
+    const param = item.resource;
+    const bases = param?.base ?? [];
+    const parts = typeof param?.expression === 'string' ? param.expression.split(' | ') : [];
+    if (bases.length < 2 || parts.length < 2) {
+      entry.push(item);
+      continue;
+    }
+    for (const base of bases) {
+      const own = parts.filter((part) => part.replace(/^\(+/, '').startsWith(`${base}.`));
+      const expression = own.length > 0 ? own.join(' | ') : param.expression;
+      entry.push({ ...item, resource: { ...param, id: `${param.id}-${base}`, base: [base], expression } });
+    }
+  }
+  return { ...bundle, entry };
 }
 
 const router = new fhirRouter.FhirRouter();
