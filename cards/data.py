@@ -52,5 +52,5 @@ def reload() -> None:
     """Forget every loaded knowledge and value-set file (after pointing the directories elsewhere)."""
     knowledge_file.cache_clear()
     rules_version.cache_clear()
-    terminology.value_set.cache_clear()
+    terminology.reload()
     findings.value_sets_read_from.cache_clear()

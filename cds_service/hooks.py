@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -16,7 +15,7 @@ from cards.data import rules_version
 from fhir_mappings.record import PatientRecord
 from fhir_mappings.terminology import server_answers
 
-from . import outbound
+from . import json_body, outbound
 from .errors import ServiceError, body_too_large
 from .metrics import count_cards, metered
 from .prefetch import gather
@@ -24,7 +23,7 @@ from .services import SERVICES, discovery
 from .store import CallRecord
 from .switches import apply_switches, work_up_done_reasons
 from .terminology_server import lookups
-from .validation import check_draft_orders, check_limits, problems, setting_name
+from .validation import check_draft_orders, problems
 
 bp = Blueprint("hooks", __name__)
 SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,256}$")  # what may be written to the log as a hookInstance
@@ -35,17 +34,6 @@ RENDER_MARGIN_SECONDS = 0.5  # of the hook's deadline, kept to read the record a
 @bp.get("/cds-services")
 def list_services():
     return jsonify(discovery())
-
-
-def _no_duplicate_keys(pairs: list) -> dict:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
-    return dict(pairs)
-
-
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def read_json_body() -> dict:
@@ -60,18 +48,7 @@ def read_json_body() -> dict:
         raise body_too_large(settings.max_content_length)
     if not raw.strip():
         raise ServiceError(400, "the request body is empty")
-    try:
-        body = json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
-    except RecursionError:
-        raise ServiceError(400, "the request body is not valid JSON: nested too deeply; the limit is "
-                                f"{setting_name('max_json_depth')}") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        reason = str(exc) if "duplicate key" in str(exc) or "not valid JSON" in str(exc) else "cannot be parsed"
-        raise ServiceError(400, f"the request body is not valid JSON: {reason[:200]}") from None
-    if not isinstance(body, dict):
-        raise ServiceError(400, "the request body must be a JSON object")
-    check_limits(body, len(raw), settings)
-    return body
+    return json_body.parse(raw, settings)
 
 
 def fetch_deadline(settings, started: float) -> float:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from types import MappingProxyType
 
@@ -68,6 +68,7 @@ CLAUSE_BREAK = re.compile(
     r"presents? with|notes?|describes?|admits?|now|new|on examination|o/e)\b)")
 WINDOW_WORDS = 6
 RELATIVE_WORDS = 4
+_WORD_START = r"(?<![a-z0-9])"  # every phrase starts a word
 
 # (value set id, SNOMED CT code) -> is the code in the set, as a terminology server answered for
 # this request. Empty unless the service layer was configured with a server and asked it.
@@ -88,6 +89,11 @@ def server_answers(answers: Mapping[tuple[str, str], bool]) -> Iterator[None]:
 def normalise_system(system: str | None) -> str | None:
     if not isinstance(system, str):
         return None
+    return _normalised_system(system)
+
+
+@lru_cache(maxsize=1024)
+def _normalised_system(system: str) -> str:
     system = system.strip().rstrip("/")
     return SYSTEM_ALIASES.get(system, system)
 
@@ -140,12 +146,79 @@ def _phrase_pattern(phrase: str) -> str:
     wildcard, leading = phrase.endswith("*"), phrase.startswith("*")
     words = [re.escape(w) for w in re.split(r"[\s\-]+", phrase.strip("*")) if w]
     body = (r"[a-z]*" if leading else "") + r"[\s\-]+".join(words) + (r"[a-z]*" if wildcard else "")
-    return rf"(?<![a-z0-9]){body}(?![a-z0-9])"
+    return rf"{_WORD_START}{body}(?![a-z0-9])"
+
+
+def _phrases(phrases) -> list[str]:
+    return [p for p in phrases or () if isinstance(p, str) and p.strip()]
 
 
 def _any_of(phrases) -> re.Pattern | None:
-    phrases = [p for p in phrases or () if isinstance(p, str) and p.strip()]
+    phrases = _phrases(phrases)
     return re.compile("|".join(_phrase_pattern(p) for p in phrases)) if phrases else None
+
+
+SHORT_TEXT = 512  # texts up to this length (displays, short notes) are memoised in the large cache
+SHORT_TEXTS_CACHED = 8192
+LONG_TEXTS_CACHED = 64  # long notes: few, each read by every value set within one request
+
+
+class _Vocabularies:
+    """Several named phrase lists behind ONE compiled pattern, run once per distinct text.
+
+    The union pattern finds every position where a phrase of any list starts (a lookahead, so
+    overlapping phrases of different lists are all seen); only there is each list's own pattern
+    tried, and its non-overlapping hits are read off in order, exactly as that list's own
+    ``finditer`` would give them. Texts are memoised in bounded LRU caches keyed on the text.
+    """
+
+    def __init__(self, vocabularies: Mapping[str, list[str]]):
+        self.patterns = {key: _any_of(phrases) for key, phrases in vocabularies.items() if _phrases(phrases)}
+        bodies = [_phrase_pattern(p).removeprefix(_WORD_START)
+                  for phrases in vocabularies.values() for p in _phrases(phrases)]
+        # The shared word-start guard is factored out, so each alternative starts with a literal
+        # the regex engine can skip on at once.
+        self.union = re.compile(_WORD_START + "(?=" + "|".join(bodies) + ")") if bodies else None
+        self._short = lru_cache(maxsize=SHORT_TEXTS_CACHED)(self._analyse)
+        self._long = lru_cache(maxsize=LONG_TEXTS_CACHED)(self._analyse)
+
+    def hits(self, text: str) -> _TextHits:
+        return (self._short if len(text) <= SHORT_TEXT else self._long)(text)
+
+    def _analyse(self, text: str) -> _TextHits:
+        lowered = text.lower()
+        starts = [m.start() for m in self.union.finditer(lowered)] if self.union is not None else []
+        return _TextHits(self, text, lowered, starts)
+
+
+class _TextHits:
+    """One text's phrase hits per vocabulary (computed on first use) and per-value-set verdicts."""
+
+    __slots__ = ("_vocabularies", "text", "lowered", "_starts", "_hits", "verdicts")
+
+    def __init__(self, vocabularies: _Vocabularies, text: str, lowered: str, starts: list[int]):
+        self._vocabularies = vocabularies
+        self.text, self.lowered, self._starts = text, lowered, starts
+        self._hits: dict[str, list[tuple[int, int]]] = {}
+        self.verdicts: dict[str, Match | None] = {}  # value set id (or id#fallback) -> its answer
+
+    def of(self, key: str) -> list[tuple[int, int]]:
+        """The (start, end) spans the vocabulary's own pattern finds, in order, not overlapping."""
+        found = self._hits.get(key)
+        if found is None:
+            found = []
+            pattern = self._vocabularies.patterns.get(key)
+            if pattern is not None and self._starts:
+                cursor = 0
+                for start in self._starts:
+                    if start < cursor:
+                        continue
+                    hit = pattern.match(self.lowered, start)
+                    if hit is not None:
+                        found.append((start, hit.end()))
+                        cursor = hit.end()
+            self._hits[key] = found
+        return found
 
 
 @cache
@@ -158,8 +231,28 @@ def all_published_expansions() -> list[str]:
     return sorted(p.stem for p in PUBLISHED_DIR.glob("*.json"))
 
 
+def _text_vocabularies(data: dict) -> dict[str, list[str]]:
+    """A value set's phrase lists for the shared matcher: synonyms, text vetoes, SNOMED CT fallback words, vetoes."""
+    text = data.get("text") or {}
+    fallback = (data.get("snomed") or {}).get("fallback") or {}
+    return {f"{data['id']}#synonyms": _phrases(text.get("synonyms")),
+            f"{data['id']}#vetoes": _phrases(text.get("exclude")),
+            f"{data['id']}#fallback": _phrases(fallback.get("words")),
+            f"{data['id']}#fallback-vetoes": _phrases(fallback.get("exclude"))}
+
+
+CONCEPTS_CACHED = 4096  # per value set: distinct (text, codings) answers kept
+_NOT_LISTED = (None, False)  # (display if included, whether excluded) for a code the set does not name
+
+
 class ValueSet:
-    def __init__(self, data: dict):
+    """One value set: its code lists and text vocabularies.
+
+    Sets loaded through ``value_set()`` share one text matcher over every set's vocabularies and
+    one code index per (system, code); a set built on its own data gets its own.
+    """
+
+    def __init__(self, data: dict, *, vocabularies: _Vocabularies | None = None, shared_codes: bool = False):
         self.id = data["id"]
         self.title = data.get("title", self.id)
         self.source = data.get("source", [])
@@ -174,49 +267,80 @@ class ValueSet:
                 system = normalise_system(expansion["system"])
                 rules.setdefault(system, _CodeRule(system, {})).add(expansion["codes"])
         text = data.get("text") or {}
-        self._synonyms = _any_of(text.get("synonyms"))
         self._vetoes = _any_of(text.get("exclude"))
+        self._vocabularies = vocabularies or _Vocabularies(_text_vocabularies(data))
+        self._synonyms_key, self._vetoes_key = f"{self.id}#synonyms", f"{self.id}#vetoes"
+        self._fallback_key = f"{self.id}#fallback"
+        patterns = self._vocabularies.patterns
+        self._has_synonyms = self._synonyms_key in patterns
+        self._has_fallback = self._fallback_key in patterns
+        self._has_vetoes = self._vetoes_key in patterns
+        self._shared_codes = shared_codes
+        self._memo = lru_cache(maxsize=CONCEPTS_CACHED)(self._match_key)
         snomed = data.get("snomed") or {}
         self.snomed_roots = tuple(snomed.get("roots") or ())
         self.snomed_exclude_roots = tuple(snomed.get("excludeRoots") or ())
-        fallback = snomed.get("fallback") or {}
-        self._fallback = _any_of(fallback.get("words"))
-        self._fallback_vetoes = _any_of(fallback.get("exclude"))
 
     def lists(self, system: str | None, code: str) -> bool:
         """Whether the set's own lists (included or excluded) name this code."""
-        system = normalise_system(system)
-        return any(system in rules and rules[system].find(code) is not None for rules in (self.include, self.exclude))
+        return self._code_verdict(normalise_system(system), code) != _NOT_LISTED
+
+    def _code_verdict(self, system: str | None, code: str) -> tuple[str | None, bool]:
+        """(display if the set includes the code, whether it excludes it); normalised system."""
+        if self._shared_codes:
+            return _code_index(system, code).get(self.id, _NOT_LISTED)
+        return self._lookup(system, code)
+
+    def _lookup(self, system: str | None, code: str) -> tuple[str | None, bool]:
+        included = self.include[system].find(code) if system in self.include else None
+        excluded = system in self.exclude and self.exclude[system].find(code) is not None
+        return included, excluded
 
     def codes_for(self, system: str) -> list[str]:
         rule = self.include.get(normalise_system(system))
         return list(rule.displays) if rule else []
 
     def match(self, concept) -> Match | None:
+        """A match by code, else by text; memoised on the concept's codings and text (not its resource)."""
         if not isinstance(concept, dict):
             return None
+        if _SERVER_ANSWERS.get():  # this request's server verdicts: not for the cache
+            return self._match(concept)
+        coding = concept.get("coding")
+        codings = tuple([(c.get("system"), c.get("code"), c.get("display")) for c in coding if isinstance(c, dict)]) \
+            if isinstance(coding, list) else ()
+        try:
+            return self._memo((concept.get("text"), codings))
+        except TypeError:  # unhashable: a list or object where FHIR has a string
+            return self._match(concept)
+
+    def _match_key(self, key: tuple) -> Match | None:
+        text, codings = key
+        return self._match({"text": text, "coding": [{"system": s, "code": c, "display": d} for s, c, d in codings]})
+
+    def _match(self, concept: dict) -> Match | None:
         codings = [c for c in concept.get("coding") or () if isinstance(c, dict)] \
             if isinstance(concept.get("coding"), list) else []
         texts: list[str] = []
         fallback_texts: list[str] = []
+        coded = []
         for coding in codings:
             system, code = normalise_system(coding.get("system")), coding.get("code")
-            if isinstance(code, str) and system in self.exclude and self.exclude[system].find(code) is not None:
+            verdict = self._code_verdict(system, code) if isinstance(code, str) else _NOT_LISTED
+            if verdict[1]:
                 return None
-        for coding in codings:
-            system, code = normalise_system(coding.get("system")), coding.get("code")
+            coded.append((coding, system, code, verdict))
+        for coding, system, code, (found, excluded) in coded:
             display = coding.get("display") if isinstance(coding.get("display"), str) else ""
-            if isinstance(code, str) and system in self.include:
-                found = self.include[system].find(code)
-                if found is not None:
-                    return Match("code", system, code, display or found or self.title)
-            if isinstance(code, str) and system == SNOMED and not self.lists(system, code):
+            if found is not None:
+                return Match("code", system, code, display or found or self.title)
+            if isinstance(code, str) and system == SNOMED and not excluded:
                 verdict = _SERVER_ANSWERS.get().get((self.id, code.strip()))
                 if verdict is True:
                     return Match("code", system, code, display or self.title)
                 if verdict is False:
                     continue  # the server's "no" is final
-                if self._fallback is not None:
+                if self._has_fallback:
                     fallback_texts.extend(t for t in (display, concept.get("text")) if isinstance(t, str) and t)
                     continue  # only the guarded fallback reads an unlisted code's display
             if isinstance(code, str) and system in self.include:
@@ -224,7 +348,7 @@ class ValueSet:
             if display:
                 texts.append(display)
         if isinstance(concept.get("text"), str):
-            if self._vetoes is not None and self._vetoes.search(concept["text"].lower()):
+            if self._has_vetoes and self._vocabularies.hits(concept["text"]).of(self._vetoes_key):
                 return None  # the concept's own text qualifies it ("risk-reducing mastectomy"): no text match
             texts.insert(0, concept["text"])
         for text in texts:
@@ -240,15 +364,19 @@ class ValueSet:
     def _match_fallback(self, text: str) -> Match | None:
         """The guarded reading of an unlisted SNOMED CT concept's display or text: a fallback word,
         no fallback veto or text veto anywhere in it, not negated or about a relative."""
-        if self._fallback is None:
+        if not self._has_fallback:
             return None
-        lowered = text.lower()
-        if any(v is not None and v.search(lowered) for v in (self._fallback_vetoes, self._vetoes)):
-            return None
-        for hit in self._fallback.finditer(lowered):
-            if not _negated(lowered, hit.start(), hit.end()):
-                return Match("text", None, None, text[hit.start():hit.end()])
-        return None
+        hits = self._vocabularies.hits(text)
+        if self._fallback_key in hits.verdicts:
+            return hits.verdicts[self._fallback_key]
+        found = None
+        if not (hits.of(f"{self.id}#fallback-vetoes") or hits.of(self._vetoes_key)):
+            for start, end in hits.of(self._fallback_key):
+                if not _negated(hits.lowered, start, end):
+                    found = Match("text", None, None, text[start:end])
+                    break
+        hits.verdicts[self._fallback_key] = found
+        return found
 
     def match_code(self, concept) -> Match | None:
         """A match by code only (labs and vitals are identified by their LOINC code, never by text)."""
@@ -256,15 +384,21 @@ class ValueSet:
         return found if found is not None and found.how == "code" else None
 
     def match_text(self, text) -> Match | None:
-        if self._synonyms is None or not isinstance(text, str) or not text.strip():
+        if not self._has_synonyms or not isinstance(text, str) or not text.strip():
             return None
-        lowered = text.lower()
-        for hit in self._synonyms.finditer(lowered):
-            if self._vetoes is not None and self._vetoes.search(_clause(lowered, hit.start(), hit.end())):
+        hits = self._vocabularies.hits(text)
+        if self.id in hits.verdicts:
+            return hits.verdicts[self.id]
+        found = None
+        lowered = hits.lowered
+        for start, end in hits.of(self._synonyms_key):
+            if self._vetoes is not None and self._vetoes.search(_clause(lowered, start, end)):
                 continue  # a veto phrase speaks only for its own clause
-            if not _negated(lowered, hit.start(), hit.end()):
-                return Match("text", None, None, text[hit.start():hit.end()])
-        return None
+            if not _negated(lowered, start, end):
+                found = Match("text", None, None, text[start:end])
+                break
+        hits.verdicts[self.id] = found
+        return found
 
 
 def _clause(text: str, start: int, end: int) -> str:
@@ -283,13 +417,53 @@ def _negated(text: str, start: int, end: int) -> bool:
 
 
 @cache
+def _value_set_data(name: str) -> dict:
+    return json.loads((VALUESET_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+@cache
+def _shared_vocabularies() -> _Vocabularies:
+    """Every value set's text vocabularies behind one matcher."""
+    vocabularies: dict[str, list[str]] = {}
+    for name in all_value_sets():
+        vocabularies.update(_text_vocabularies(_value_set_data(name)))
+    return _Vocabularies(vocabularies)
+
+
+@cache
 def value_set(name: str) -> ValueSet:
-    path = VALUESET_DIR / f"{name}.json"
-    return ValueSet(json.loads(path.read_text(encoding="utf-8")))
+    return ValueSet(_value_set_data(name), vocabularies=_shared_vocabularies(), shared_codes=True)
+
+
+@lru_cache(maxsize=16384)
+def _code_index(system: str | None, code: str) -> dict[str, tuple[str | None, bool]]:
+    """For one (normalised system, code): each value set that names it, with its verdict.
+
+    Looked up once per distinct code across all value sets, however many sets ask.
+    """
+    index = {}
+    for name in all_value_sets():
+        vs = value_set(name)
+        verdict = vs._lookup(system, code)
+        if verdict != _NOT_LISTED:
+            index[vs.id] = verdict
+    return index
+
+
+@cache
+def _value_set_names() -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in VALUESET_DIR.glob("*.json")))
 
 
 def all_value_sets() -> list[str]:
-    return sorted(p.stem for p in VALUESET_DIR.glob("*.json"))
+    return list(_value_set_names())
+
+
+def reload() -> None:
+    """Forget every loaded value set and what was derived from them (after pointing VALUESET_DIR elsewhere)."""
+    for cached in (_value_set_data, _shared_vocabularies, value_set, _code_index, _value_set_names,
+                   published_expansion):
+        cached.cache_clear()
 
 
 def coding_label(concept) -> str:

@@ -49,9 +49,46 @@ def _lenient(text: str) -> str | None:
     return LENIENT.get(key)
 
 
-@lru_cache(maxsize=1024)
 def convert(value: float, from_ucum: str, to_ucum: str, *, molar_mass: float | None = None) -> float | None:
     """value in from_ucum → to_ucum; molar_mass (g/mol) bridges amount and mass concentrations."""
+    rule = _conversion(from_ucum, to_ucum, molar_mass)
+    if rule is None:
+        return None
+    if rule is _PER_VALUE:
+        result = _pint_convert(value, from_ucum, to_ucum, molar_mass)
+        if result is None:
+            return None
+    else:
+        scale, offset = rule
+        result = value * scale + offset
+    # Round away binary noise so a value on a threshold (100.4 [degF] = 38.0 Cel) stays on it.
+    return round(result, 9) if math.isfinite(result) else None
+
+
+_PER_VALUE = ("pint",)  # a conversion that is not affine (none in clinical use): asked of pint per value
+_PROBES = (0.0, 1.0, 1000.0)
+
+
+@lru_cache(maxsize=1024)
+def _conversion(from_ucum: str, to_ucum: str, molar_mass: float | None):
+    """(scale, offset) of a unit pair, learnt from pint once; None when the units do not convert.
+
+    Every UCUM conversion between the units used here is affine (a factor, plus an offset for
+    temperatures), so three probes establish it and later values need no pint arithmetic.
+    """
+    probes = [_pint_convert(x, from_ucum, to_ucum, molar_mass) for x in _PROBES]
+    if all(p is None for p in probes):
+        return None
+    if any(p is None for p in probes):
+        return _PER_VALUE
+    offset, scale = probes[0], probes[1] - probes[0]
+    expected = scale * _PROBES[2] + offset
+    if not math.isclose(probes[2], expected, rel_tol=1e-12, abs_tol=1e-12):
+        return _PER_VALUE
+    return scale, offset
+
+
+def _pint_convert(value: float, from_ucum: str, to_ucum: str, molar_mass: float | None) -> float | None:
     source, target = _unit(from_ucum), _unit(to_ucum)
     if source is None or target is None:
         return None
@@ -70,9 +107,7 @@ def convert(value: float, from_ucum: str, to_ucum: str, *, molar_mass: float | N
                 result = (quantity / mass).to(target).magnitude
     except Exception:  # pint's DimensionalityError, OffsetUnitCalculusError, ...
         return None
-    result = float(result)
-    # Round away binary noise so a value on a threshold (100.4 [degF] = 38.0 Cel) stays on it.
-    return round(result, 9) if math.isfinite(result) else None
+    return float(result)
 
 
 def quantity_value(quantity: dict | None, target_ucum: str, *, molar_mass: float | None = None) -> float | None:

@@ -253,3 +253,29 @@ def test_escalate_can_carry_the_rating():
 def test_escalate_rejects_a_bad_priority():
     with pytest.raises(ValueError):
         escalate_order_action(draft(), "now")
+
+
+# --- what the service creates, validated here rather than per request
+
+
+def created_resources(response: dict) -> list[dict]:
+    """Every resource a card's suggestion or a system action asks the EHR to create or update."""
+    actions = [action for card in response.get("cards", []) for suggestion in card.get("suggestions", [])
+               for action in suggestion.get("actions", [])]
+    actions += response.get("systemActions", [])
+    return [a["resource"] for a in actions if isinstance(a.get("resource"), dict)]
+
+
+CASES = sorted((Path(__file__).parent / "cases").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_every_service_request_the_service_creates_is_valid_fhir(client, path):
+    from test_clinical_cases import case_request, load_case
+
+    service_id, body = case_request(load_case(path))
+    response = client.post(f"/cds-services/{service_id}", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    for resource in created_resources(response.get_json()):
+        if resource.get("resourceType") == "ServiceRequest":
+            assert reparsed(resource) == resource

@@ -1,8 +1,20 @@
 """Code and text matching against the value sets: codes first, then negation-aware text."""
 
+import json
+from pathlib import Path
+
 import pytest
 
-from fhir_mappings.terminology import coding_label, value_set
+from fhir_mappings.terminology import (
+    SNOMED,
+    VALUESET_DIR,
+    ValueSet,
+    _shared_vocabularies,
+    all_value_sets,
+    coding_label,
+    server_answers,
+    value_set,
+)
 
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 SCT = "http://snomed.info/sct"
@@ -139,3 +151,91 @@ def test_a_veto_in_the_concepts_own_text_blocks_its_code_displays_too():
                            "display": "Mastectomy, simple, complete"}],
                "text": "Risk-reducing bilateral mastectomy (BRCA1)"}
     assert value_set("cancer-treatment").match(concept) is None
+
+
+# --- one shared matcher, cached lookups: the same answers as each value set alone
+
+CASES = Path(__file__).parent / "cases"
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str) and " " in value.strip():
+        yield value
+
+
+def corpus() -> list[str]:
+    """Every phrase of every value set, in plain, negated, familial and qualified sentences, and every
+    free text of the clinical cases."""
+    texts = set()
+    for name in all_value_sets():
+        data = json.loads((VALUESET_DIR / f"{name}.json").read_text(encoding="utf-8"))
+        fallback = (data.get("snomed") or {}).get("fallback") or {}
+        phrases = [*(data.get("text") or {}).get("synonyms", []), *(data.get("text") or {}).get("exclude", []),
+                   *fallback.get("words", []), *fallback.get("exclude", [])]
+        for phrase in phrases:
+            words = phrase.strip("*")
+            texts.update({words, f"Denies {words}.", f"Mother had {words}, reports {words} now",
+                          f"{words.upper()} ruled out; new {words}", f"h/o {words}-{words} but no {words}"})
+    for path in CASES.glob("*.json"):
+        texts.update(_strings(json.loads(path.read_text(encoding="utf-8"))))
+    return sorted(texts)
+
+
+def test_the_shared_matcher_finds_exactly_what_each_vocabulary_finds_alone():
+    vocabularies = _shared_vocabularies()
+    for text in corpus():
+        hits = vocabularies.hits(text)
+        for key, pattern in vocabularies.patterns.items():
+            alone = [(m.start(), m.end()) for m in pattern.finditer(text.lower())]
+            assert hits.of(key) == alone, (key, text)
+
+
+def test_shared_and_standalone_value_sets_answer_alike():
+    texts = corpus()
+    for name in all_value_sets():
+        shared = value_set(name)
+        alone = ValueSet(json.loads((VALUESET_DIR / f"{name}.json").read_text(encoding="utf-8")))
+        for text in texts:
+            assert shared.match_text(text) == alone.match_text(text), (name, text)
+            concept = {"coding": [{"system": SNOMED, "code": "404684003", "display": text}], "text": text}
+            assert shared.match(concept) == alone.match(concept), (name, text)
+
+
+def test_phrases_of_different_value_sets_overlapping_in_one_text_are_each_found():
+    text = "Past history of cancer (breast), mastectomy 2015"
+    assert value_set("cancer-personal-history").match_text(text).display == "Past history of cancer"
+    assert value_set("malignancy").match_text(text).display == "cancer"
+    assert value_set("cancer-treatment").match_text(text).display == "mastectomy"
+
+
+def test_a_repeated_text_is_read_from_the_cache_not_matched_again():
+    text = "Progressive leg weakness and numbness since Tuesday"
+    first = _shared_vocabularies().hits(text)
+    assert _shared_vocabularies().hits(text) is first
+    assert value_set("motor-deficit").match_text(text) is value_set("motor-deficit").match_text(text)
+
+
+def test_the_text_cache_is_bounded():
+    vocabularies = _shared_vocabularies()
+    for _ in range(3):
+        vocabularies.hits("x" * 10_000 + str(_))
+    assert vocabularies._long.cache_info().maxsize and vocabularies._short.cache_info().maxsize
+
+
+def test_a_concept_with_a_list_where_a_string_belongs_is_matched_without_the_cache():
+    concept = {"coding": [{"system": ICD, "code": ["C61"], "display": "Malignant neoplasm of prostate"}]}
+    assert value_set("malignancy").match(concept) is not None  # by its display; the list is no code
+
+
+def test_server_verdicts_are_not_cached_across_requests():
+    concept = {"coding": [{"system": SNOMED, "code": "1234567001", "display": "Odd concept"}]}
+    assert value_set("malignancy").match(concept) is None
+    with server_answers({("malignancy", "1234567001"): True}):
+        assert value_set("malignancy").match(concept).how == "code"
+    assert value_set("malignancy").match(concept) is None

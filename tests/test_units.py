@@ -61,3 +61,14 @@ def test_unusable_quantities_give_none_without_raising(quantity):
 
 def test_convert_rejects_unknown_ucum_codes():
     assert convert(1.0, "not-a-unit", "g") is None
+
+
+@pytest.mark.parametrize("source,target,molar_mass", [
+    ("g/dL", "g/L", None), ("[degF]", "Cel", None), ("Cel", "[degF]", None), ("[lb_av]", "kg", None),
+    ("mmol/L", "mg/dL", 40.078), ("mg/dL", "mmol/L", 40.078), ("ng/mL", "ug/L", None), ("mm/h", "mm/h", None)])
+def test_a_unit_pair_learnt_once_converts_every_value_as_pint_does(source, target, molar_mass):
+    from fhir_mappings.units import _pint_convert
+
+    for value in (0.0, 1.0, 2.6, 12.0, 38.0, 100.4, 103.7, 250.0, -40.0):
+        expected = round(_pint_convert(value, source, target, molar_mass), 9)
+        assert convert(value, source, target, molar_mass=molar_mass) == expected
