@@ -109,7 +109,7 @@ class RunningService:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
+                self.process.wait(30)  # a graceful stop; on a loaded machine it can take a while
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
