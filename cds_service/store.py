@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -179,6 +180,23 @@ def _normalised_url(database_url: str) -> str:
     return database_url
 
 
+def _use_wal(cursor) -> None:
+    """WAL is kept in the database file, so only its first connection switches it on. Switching needs
+    the database to itself and fails at once ("database is locked") while another connection (a second
+    worker or replica starting) holds a lock, without waiting: try again for a while."""
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def make_engine(database_url: str) -> Engine:
     url = _normalised_url(database_url)
     kwargs: dict = {"pool_pre_ping": True}
@@ -196,9 +214,9 @@ def make_engine(database_url: str) -> Engine:
         def _sqlite_connect(dbapi_conn, _record):
             dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=15000")  # every wait has a limit: a lost row, not a stuck card
+            _use_wal(cursor)
+            cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
         @event.listens_for(engine, "begin")
