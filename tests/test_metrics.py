@@ -299,7 +299,10 @@ def test_stopping_the_service_removes_its_metric_files(tmp_path):
     from conftest import RunningService
 
     (tmp_path / "tmp").mkdir()
-    running = RunningService(tmp_path, {"LBP_ADMIN_TOKEN": TOKEN, "TMPDIR": str(tmp_path / "tmp")})
+    # A worker still booting when SIGTERM comes misses it; the master then waits graceful_timeout for it
+    # before it exits and cleans up: keep that wait well inside the time the test gives the stop.
+    running = RunningService(tmp_path, {"LBP_ADMIN_TOKEN": TOKEN, "TMPDIR": str(tmp_path / "tmp"),
+                                        "LBP_GRACEFUL_TIMEOUT": "5"})
     assert list((tmp_path / "tmp").glob("lbp-redflags-metrics-*"))
     running.stop()
     assert not list((tmp_path / "tmp").glob("lbp-redflags-metrics-*"))
