@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import re
 
-from .terminology import CPT, ICD10CM, LOINC, RXNORM, SNOMED
-
-HCPCS = "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
+from .terminology import CPT, HCPCS, ICD10CM, LOINC, RXNORM, SNOMED
 
 _VERHOEFF_D = (
     (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 4, 0, 6, 7, 8, 9, 5), (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),

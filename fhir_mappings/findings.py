@@ -632,7 +632,8 @@ def _panel_name(concept) -> str | None:
     panels = _panels()
     codings = concept.get("coding") if isinstance(concept, dict) and isinstance(concept.get("coding"), list) else []
     for coding in codings:
-        if isinstance(coding, dict) and coding.get("system") == "http://loinc.org" and coding.get("code") in panels:
+        if (isinstance(coding, dict) and terminology.normalise_system(coding.get("system")) == terminology.LOINC
+                and coding.get("code") in panels):
             return panels[coding["code"]]
     return None
 
