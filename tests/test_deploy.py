@@ -146,6 +146,80 @@ def test_the_dockerfile_build_stage_makes_a_complete_wheel_from_the_files_it_cop
     assert "lbp-redflags = cds_service.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
+COMPILERS = ("build-essential", "gcc", "g++", "clang", "cc ")
+
+
+def apt_installs(stage: list[tuple[str, str]]) -> str:
+    return " ".join(a for i, a in stage if i == "RUN" and "apt-get install" in a)
+
+
+def test_the_build_stage_has_a_c_toolchain_for_dependencies_without_a_wheel_on_the_platform():
+    # PyRuSH, quicksectx, pysimstring and medspacy_unqlite publish no arm64 wheels: pip compiles them there.
+    assert "build-essential" in apt_installs(dockerfile_stages()[0])
+
+
+def test_the_runtime_stage_installs_no_compiler():
+    runtime = apt_installs(dockerfile_stages()[-1])
+    assert not [c for c in COMPILERS if c in f"{runtime} "]
+
+
+def test_the_runtime_stage_smoke_tests_the_installed_service_with_a_command_the_cli_has():
+    runtime = dockerfile_stages()[-1]
+    install = next(a for i, a in runtime if i == "RUN" and "pip install" in a)
+    command = re.search(r"lbp-redflags (\S+)", install.split("pip install", 1)[1])
+    assert command and command[1] in cli_commands(), "the image runs the installed service once before it ships"
+
+
+def test_the_smoke_command_reads_every_example_patient_offline_without_an_error():
+    # The command the image runs after installing; the connect guard fails the test on any download.
+    result = subprocess.run([sys.executable, "-m", "cds_service.cli", "demo"], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("\n=== ") == len(list(EXAMPLES_DIR.glob("[0-9]*.json")))
+    assert "error" not in result.stdout.lower()
+
+
+def dependency_closure(name: str) -> dict[str, list[str]]:
+    """{distribution name: its requirements} for the project and everything it installs (extras left out)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    seen: dict[str, list[str]] = {}
+    pending = [(name, set())]
+    while pending:
+        current, extras = pending.pop()
+        key = current.lower().replace("_", "-").replace(".", "-")
+        try:
+            requires = distribution(current).requires or []
+        except PackageNotFoundError:
+            continue  # a requirement whose marker does not apply here (another Python or platform)
+        if key in seen and not extras:
+            continue
+        seen.setdefault(key, [])
+        for line in requires:
+            requirement = Requirement(line)
+            environment = [{"extra": extra} for extra in extras or {""}]
+            if requirement.marker and not any(requirement.marker.evaluate(e) for e in environment):
+                continue
+            seen[key].append(line)
+            pending.append((requirement.name, set(requirement.extras)))
+    return seen
+
+
+def test_the_project_installs_no_spacy_model_and_nothing_from_a_url():
+    """Notes are read with a blank English pipeline: no model package, none fetched by URL at install."""
+    from importlib.metadata import entry_points
+
+    closure = dependency_closure("lbp-redflags")
+    assert {"medspacy", "spacy", "pyrush"} <= set(closure)
+    by_url = [line for lines in closure.values() for line in lines if "@" in line.split(";")[0]]
+    assert by_url == []
+    models = re.compile(r"^(en|xx)-core-|^en-ner-|-core-(web|sci|news)-")
+    assert [name for name in closure if models.search(name)] == []
+    assert list(entry_points(group="spacy_models")) == []  # where spaCy finds installed model packages
+
+
 # ================================================================ docker-compose.yml
 
 
