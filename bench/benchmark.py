@@ -1,17 +1,22 @@
 """Measure the service against a parse-only baseline, in the same gunicorn configuration, with wrk.
 
     ./bench/run [--duration 10] [--connections 8] [--fetch-connections 2] [--sizes small,typical,large]
+                [--notes 20] [--notes-patient typical] [--notes-connections 1,8]
 
 Prefetch mode: the service and the baseline each get the same request body (a patient-view call with a
-full prefetch) for three patient sizes. Fetch mode: the request carries no prefetch, and the service
-fetches every key from the local FHIR test server (tests/fhir_server) through a proxy that holds each
-request for a fixed delay (a remote EHR's FHIR server). Output: a Markdown table on stdout and in
+full prefetch) for three patient sizes. Notes: the service gets one patient's prefetch without notes,
+then with progress notes of about 4 KB each in the clinical-notes key, first read (every request carries
+note texts never sent before, so no cached result helps) and cached (the same texts every time). Fetch
+mode: the request carries no prefetch, and the service fetches every key from the local FHIR test server
+(tests/fhir_server) through a proxy that holds each request for a fixed delay (a remote EHR's FHIR
+server). Output: a Markdown table on stdout and in
 bench/out/results.md, the raw figures in bench/out/results.json and a chart in bench/out/bench.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -36,13 +41,22 @@ from fhir_server_process import start_fhir_server  # noqa: E402
 
 from cds_service.settings import load_settings  # noqa: E402
 
-from .hook_requests import body_for_wrk, fetch_request, prefetch_request  # noqa: E402
+from .hook_requests import (  # noqa: E402
+    body_for_wrk,
+    body_with_note_holes,
+    fetch_request,
+    notes_for_wrk,
+    notes_request,
+    prefetch_request,
+)
 from .patients import as_transactions, patient_resources  # noqa: E402
+
+NOTES_KINDS = ("none", "first read", "cached")
 
 
 @dataclass
 class Figures:
-    scenario: str      # "prefetch" | "fetch"
+    scenario: str      # "prefetch" | "fetch" | "notes"
     size: str
     target: str        # "service" | "baseline"
     body_kib: int
@@ -54,6 +68,7 @@ class Figures:
     p99_ms: float
     errors: int
     direct_round_ms: float = 0.0  # fetch mode: the hook's FHIR queries asked of the server directly, in parallel
+    notes: str = ""               # notes scenario: one of NOTES_KINDS
 
     @property
     def throughput(self) -> float:
@@ -128,10 +143,19 @@ def start_baseline(workdir: Path) -> Gunicorn:
 # ------------------------------------------------------------------------------------------- wrk
 
 
-def wrk(url: str, body: bytes, path: str, *, duration: int, connections: int, workdir: Path) -> dict:
+_RUNS = itertools.count(1)  # each wrk run varies note texts with its own number (post.lua)
+
+
+def wrk(url: str, body: bytes, path: str, *, duration: int, connections: int, workdir: Path,
+        notes: bytes | None = None) -> dict:
+    """notes: the note templates (notes_for_wrk) when the body has note holes (body_with_note_holes)."""
     body_file = workdir / "body.json"
     body_file.write_bytes(body)
-    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_PATH": path}
+    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_PATH": path, "BENCH_RUN": str(next(_RUNS))}
+    env.pop("BENCH_NOTES", None)
+    if notes is not None:
+        (workdir / "notes.txt").write_bytes(notes)
+        env["BENCH_NOTES"] = str(workdir / "notes.txt")
     threads = max(1, min(2, connections))
     result = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "30s",
                              "-s", str(LUA), url], capture_output=True, text=True, env=env,
@@ -143,23 +167,44 @@ def wrk(url: str, body: bytes, path: str, *, duration: int, connections: int, wo
 
 
 def measure(scenario: str, size: str, target: Gunicorn, service_id: str, body: bytes, *, duration: int,
-            connections: int, workdir: Path) -> Figures:
+            connections: int, workdir: Path, notes: bytes | None = None, check_body: bytes | None = None,
+            notes_kind: str = "") -> Figures:
+    """One wrk warm-up, then the measured run. check_body: the body of the check call, when `body` has
+    holes that only post.lua fills (notes); its size is the size reported."""
     path = f"/cds-services/{service_id}"
-    check = requests.post(target.base_url + path, data=body.replace(b"00000000-0000-4000-8000-000000000000",
+    sent = check_body or body
+    check = requests.post(target.base_url + path, data=sent.replace(b"00000000-0000-4000-8000-000000000000",
                                                                     b"11111111-1111-4111-8111-111111111111"),
                           headers={"Content-Type": "application/json"}, timeout=60)
+    label = f"{scenario}/{size}" + (f"/{notes_kind}" if notes_kind else "")
     if check.status_code != 200:  # counted by wrk as errors (non-2xx) and shown in the table
-        print(f"  warning: {target.name} answered {check.status_code} for {scenario}/{size}: {check.text[:300]}",
-              flush=True)
-    wrk(target.base_url, body, path, duration=min(3, duration), connections=connections, workdir=workdir)  # warm-up
-    raw = wrk(target.base_url, body, path, duration=duration, connections=connections, workdir=workdir)
+        print(f"  warning: {target.name} answered {check.status_code} for {label}: {check.text[:300]}", flush=True)
+    wrk(target.base_url, body, path, duration=min(3, duration), connections=connections, workdir=workdir,
+        notes=notes)  # warm-up
+    raw = wrk(target.base_url, body, path, duration=duration, connections=connections, workdir=workdir, notes=notes)
     errors = sum(v for k, v in raw.items() if k.startswith("errors_"))
-    figures = Figures(scenario, size, target.name, len(body) // 1024, connections, raw["requests"],
+    figures = Figures(scenario, size, target.name, len(sent) // 1024, connections, raw["requests"],
                       raw["duration_us"] / 1e6, raw["p50_us"] / 1000, raw["p95_us"] / 1000, raw["p99_us"] / 1000,
-                      errors)
-    print(f"  {scenario:8} {size:8} {target.name:8} p50 {figures.p50_ms:8.1f} ms  p95 {figures.p95_ms:8.1f} ms  "
+                      errors, notes=notes_kind)
+    print(f"  {label:24} {target.name:8} c{connections:<3} p50 {figures.p50_ms:8.1f} ms  p95 {figures.p95_ms:8.1f} ms  "
           f"p99 {figures.p99_ms:8.1f} ms  {figures.throughput:8.1f} req/s  errors {errors}", flush=True)
     return figures
+
+
+def measure_notes(service: Gunicorn, size: str, count: int, *, duration: int, connections: int,
+                  workdir: Path) -> list[Figures]:
+    """The same patient without notes, with `count` notes read for the first time on every request, and
+    with the same notes every time (cached), one after the other against the same service."""
+    plain_id, plain = prefetch_request(size)
+    service_id, body, templates = notes_request(size, count)
+    assert plain_id == service_id
+    with_notes = body_for_wrk(body)
+    runs = {"none": (body_for_wrk(plain), None, None),
+            "first read": (body_with_note_holes(body), notes_for_wrk(templates), with_notes),
+            "cached": (with_notes, None, None)}
+    return [measure("notes", size, service, service_id, payload, duration=duration, connections=connections,
+                    workdir=workdir, notes=notes, check_body=check_body, notes_kind=kind)
+            for kind, (payload, notes, check_body) in runs.items()]
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -219,7 +264,57 @@ def report(results: list[Figures], info: dict, delay_ms: float) -> str:
                          f"| {fetched.direct_round_ms:.1f} "
                          f"| {_ratio(fetched.p50_ms, delay_ms + fetched.direct_round_ms)} "
                          f"| {fetched.throughput:.1f} | {fetched.errors} |")
+    lines += notes_report(results, info)
     return "\n".join(lines) + "\n"
+
+
+NOTES_TARGET_MS = 50.0  # issue 12: reading 20 notes adds under 50 ms at p50, first read
+
+
+def notes_rows(results: list[Figures]) -> list[tuple[Figures, Figures]]:
+    """(figures, the same connections without notes) for each notes measurement with notes."""
+    rows = []
+    for figures in results:
+        if figures.scenario == "notes" and figures.notes != "none":
+            none = next((f for f in results if f.scenario == "notes" and f.notes == "none"
+                         and f.connections == figures.connections), None)
+            if none:
+                rows.append((figures, none))
+    return rows
+
+
+def notes_summary(results: list[Figures]) -> list[str]:
+    """One line per measurement with notes: the added p50 and the ratio, against the target for a first read."""
+    out = []
+    for figures, none in notes_rows(results):
+        added = figures.p50_ms - none.p50_ms
+        verdict = ""
+        if figures.notes == "first read":
+            verdict = f" (target: under {NOTES_TARGET_MS:.0f} ms: {'met' if added < NOTES_TARGET_MS else 'MISSED'})"
+        out.append(f"notes, {figures.notes}, {figures.connections} connection(s): added p50 {added:+.1f} ms, "
+                   f"p50 ratio {_ratio(figures.p50_ms, none.p50_ms)}{verdict}")
+    return out
+
+
+def notes_report(results: list[Figures], info: dict) -> list[str]:
+    measured = [f for f in results if f.scenario == "notes"]
+    if not measured:
+        return []
+    lines = ["", f"Notes (prefetch mode; the {measured[0].size} patient without notes and with {info['notes']} "
+                 "progress notes of about 4 KB each, inline base64 text/plain DocumentReferences in `clinicalNotes`; "
+                 "first read: every request carries note texts the service has not read before, so no cached "
+                 "result helps; cached: the same texts on every request):", "",
+             "| notes | body | connections | p50 / p95 / p99 (ms) | p50 ratio to no notes | added p50 (ms) "
+             "| req/s | throughput ratio | errors (non-2xx) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for figures in sorted(measured, key=lambda f: (f.connections, NOTES_KINDS.index(f.notes))):
+        none = next(f for f in measured if f.notes == "none" and f.connections == figures.connections)
+        kind = "none" if figures.notes == "none" else f"{info['notes']}, {figures.notes}"
+        lines.append(f"| {kind} | {figures.body_kib} KiB | {figures.connections} "
+                     f"| {figures.p50_ms:.1f} / {figures.p95_ms:.1f} / {figures.p99_ms:.1f} "
+                     f"| {_ratio(figures.p50_ms, none.p50_ms)} | {figures.p50_ms - none.p50_ms:+.1f} "
+                     f"| {figures.throughput:.1f} | {_ratio(figures.throughput, none.throughput)} | {figures.errors} |")
+    return lines + [""] + [f"- {line}" for line in notes_summary(results)]
 
 
 def chart(results: list[Figures], sizes: list[str], delay_ms: float, path: Path) -> None:
@@ -313,8 +408,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=50.0, help="delay the proxy adds to each FHIR request")
     parser.add_argument("--sizes", default="small,typical,large")
     parser.add_argument("--skip-fetch", action="store_true", help="prefetch mode only (no Node.js needed)")
+    parser.add_argument("--notes", type=int, default=20, help="progress notes of about 4 KB in the notes scenario "
+                        "(default 20; 0 skips the scenario)")
+    parser.add_argument("--notes-patient", default="typical", choices=["small", "typical", "large"],
+                        help="the patient the notes are added to (default typical)")
+    parser.add_argument("--notes-connections", default="1,8",
+                        help="concurrent connections of the notes scenario, comma-separated (default 1,8: the "
+                             "latency of one call, and under the prefetch mode's load)")
     args = parser.parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    notes_connections = [int(c) for c in args.notes_connections.split(",") if c.strip()]
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (bench/run installs it: apt-get install wrk)", file=sys.stderr)
         return 2
@@ -324,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{settings.workers} workers x {settings.threads} threads on 127.0.0.1.", flush=True)
     info = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), **machine(), "sizes": sizes,
             "workers": settings.workers, "threads": settings.threads, "duration_s": args.duration,
+            "notes": args.notes,
             "command": "./bench/run " + " ".join(argv if argv is not None else sys.argv[1:])}
     OUT.mkdir(exist_ok=True)
     results: list[Figures] = []
@@ -341,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
                                            duration=duration_for(size, args.duration), connections=args.connections,
                                            workdir=workdir))
             baseline.stop()
+            if args.notes:
+                print(f"notes ({args.notes} progress notes, the {args.notes_patient} patient)", flush=True)
+                for connections in notes_connections:
+                    results += measure_notes(service, args.notes_patient, args.notes, duration=args.duration,
+                                             connections=connections, workdir=workdir)
             if not args.skip_fetch:
                 print(f"fetch mode (FHIR test server behind a {args.delay_ms:.0f} ms proxy)", flush=True)
                 for size in sizes:  # a fresh server per patient: searches scan only this patient's data
@@ -361,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     info["load_average_at_end"] = os.getloadavg()
     table = report(results, info, args.delay_ms)
     print("\n" + table)
+    for line in notes_summary(results):
+        print(line)
     (OUT / "results.md").write_text(table)
     (OUT / "results.json").write_text(json.dumps({"machine": info, "delay_ms": args.delay_ms,
                                                   "results": [asdict(f) | {"throughput": f.throughput}

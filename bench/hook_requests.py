@@ -1,5 +1,6 @@
 """The hook requests the benchmark replays: patient-view for a generated patient, with a full prefetch
-(as an EHR that prefetches sends it) or with none and a fhirServer (the service fetches everything)."""
+(as an EHR that prefetches sends it) or with none and a fhirServer (the service fetches everything), and
+the same prefetch with the patient's progress notes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import uuid
 
 from cds_service.example_patients import hook_request
 
+from .notes import document_reference, note_text, note_texts
 from .patients import patient_resources
 
 HOOK = "patient-view"
@@ -32,3 +34,35 @@ def body_for_wrk(body: dict) -> bytes:
     """The JSON body with a placeholder hookInstance that the wrk script renews on every request
     (a new hookInstance means new card uuids: every call writes its audit rows, as in production)."""
     return json.dumps({**body, "hookInstance": HOOK_INSTANCE_MARK}, separators=(",", ":")).encode()
+
+
+NOTES_KEY = "clinicalNotes"        # the prefetch key of clinical notes (DocumentReference, category clinical-note)
+NOTE_TEXT_MARK = "@@note-text@@"   # wrk puts a freshly varied note's base64 here on every request (post.lua)
+
+
+def notes_request(size: str, count: int = 20) -> tuple[str, dict, list[str]]:
+    """(service id, body, note templates): the prefetch request of `size` with `count` progress notes,
+    inline and base64, in the clinical-notes key. The templates hold VARIANT (see bench/notes.py)."""
+    service_id, body = prefetch_request(size)
+    patient_id = body["context"]["patientId"]
+    notes = note_texts(count)
+    entries = [document_reference(patient_id, index, visit, note_text(text))
+               for index, (visit, text) in enumerate(notes)]
+    body["prefetch"][NOTES_KEY] = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
+                                   "entry": [{"fullUrl": f"DocumentReference/{r['id']}", "resource": r,
+                                              "search": {"mode": "match"}} for r in entries]}
+    return service_id, body, [text for _visit, text in notes]
+
+
+def body_with_note_holes(body: dict) -> bytes:
+    """body_for_wrk, each note's base64 replaced by NOTE_TEXT_MARK (in the order of the Bundle)."""
+    holed = json.loads(json.dumps(body))
+    for entry in holed["prefetch"][NOTES_KEY]["entry"]:
+        entry["resource"]["content"][0]["attachment"]["data"] = NOTE_TEXT_MARK
+    return body_for_wrk(holed)
+
+
+def notes_for_wrk(templates: list[str]) -> bytes:
+    """The note templates as post.lua reads them: NUL-separated."""
+    assert not any("\0" in t for t in templates)
+    return "\0".join(templates).encode()
