@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -143,6 +144,7 @@ def start_baseline(workdir: Path) -> Gunicorn:
 # ------------------------------------------------------------------------------------------- wrk
 
 
+MAX_DURATION = 180         # seconds: the longest a measurement is lengthened to (min_requests)
 _RUNS = itertools.count(1)  # each wrk run varies note texts with its own number (post.lua)
 
 
@@ -166,22 +168,43 @@ def wrk(url: str, body: bytes, path: str, *, duration: int, connections: int, wo
     return json.loads(line.removeprefix("BENCH_JSON "))
 
 
+def settle(raw: dict, duration: int) -> None:
+    """Wait for the calls wrk left unanswered when it stopped (the service still works on them) to end, so
+    that they do not slow the next run: as long as the slowest call took, or the whole run if none ended."""
+    time.sleep(min(30.0, raw["p99_us"] / 1e6 if raw["requests"] else duration))
+
+
 def measure(scenario: str, size: str, target: Gunicorn, service_id: str, body: bytes, *, duration: int,
             connections: int, workdir: Path, notes: bytes | None = None, check_body: bytes | None = None,
-            notes_kind: str = "") -> Figures:
+            notes_kind: str = "", min_requests: int = 0) -> Figures:
     """One wrk warm-up, then the measured run. check_body: the body of the check call, when `body` has
-    holes that only post.lua fills (notes); its size is the size reported."""
+    holes that only post.lua fills (notes); its size is the size reported. min_requests: lengthen the run
+    (up to MAX_DURATION) so that about this many calls complete: from the time the check call took, then
+    measuring again for twice as long while fewer than half of them complete."""
     path = f"/cds-services/{service_id}"
     sent = check_body or body
+    started = time.perf_counter()
     check = requests.post(target.base_url + path, data=sent.replace(b"00000000-0000-4000-8000-000000000000",
                                                                     b"11111111-1111-4111-8111-111111111111"),
-                          headers={"Content-Type": "application/json"}, timeout=60)
+                          headers={"Content-Type": "application/json"}, timeout=120)
+    one_call = time.perf_counter() - started
     label = f"{scenario}/{size}" + (f"/{notes_kind}" if notes_kind else "")
+    if min_requests:
+        parallel = min(connections, os.cpu_count() or 1)  # calls beyond the cores share them
+        duration = max(duration, min(MAX_DURATION, math.ceil(one_call * min_requests / parallel)))
     if check.status_code != 200:  # counted by wrk as errors (non-2xx) and shown in the table
         print(f"  warning: {target.name} answered {check.status_code} for {label}: {check.text[:300]}", flush=True)
-    wrk(target.base_url, body, path, duration=min(3, duration), connections=connections, workdir=workdir,
-        notes=notes)  # warm-up
-    raw = wrk(target.base_url, body, path, duration=duration, connections=connections, workdir=workdir, notes=notes)
+    warm_up = min(3, duration)
+    settle(wrk(target.base_url, body, path, duration=warm_up, connections=connections, workdir=workdir, notes=notes),
+           warm_up)
+    while True:
+        raw = wrk(target.base_url, body, path, duration=duration, connections=connections, workdir=workdir,
+                  notes=notes)
+        if raw["requests"] >= min_requests // 2 or duration >= MAX_DURATION:  # the estimate was off by 2x at most
+            break
+        print(f"  {label}: {raw['requests']} calls completed in {duration} s, measuring again for longer", flush=True)
+        settle(raw, duration)
+        duration = min(MAX_DURATION, duration * 2)
     errors = sum(v for k, v in raw.items() if k.startswith("errors_"))
     figures = Figures(scenario, size, target.name, len(sent) // 1024, connections, raw["requests"],
                       raw["duration_us"] / 1e6, raw["p50_us"] / 1000, raw["p95_us"] / 1000, raw["p99_us"] / 1000,
@@ -191,19 +214,23 @@ def measure(scenario: str, size: str, target: Gunicorn, service_id: str, body: b
     return figures
 
 
+NOTES_MIN_CALLS = 30  # a first read can take a second or more: enough calls for a p50 whatever it costs
+
+
 def measure_notes(service: Gunicorn, size: str, count: int, *, duration: int, connections: int,
-                  workdir: Path) -> list[Figures]:
+                  workdir: Path, min_calls: int = NOTES_MIN_CALLS) -> list[Figures]:
     """The same patient without notes, with `count` notes read for the first time on every request, and
     with the same notes every time (cached), one after the other against the same service."""
     plain_id, plain = prefetch_request(size)
     service_id, body, templates = notes_request(size, count)
     assert plain_id == service_id
     with_notes = body_for_wrk(body)
+    never_read = body_for_wrk(notes_request(size, count, variant=f"check{next(_RUNS):07d}")[1])  # times a first read
     runs = {"none": (body_for_wrk(plain), None, None),
-            "first read": (body_with_note_holes(body), notes_for_wrk(templates), with_notes),
+            "first read": (body_with_note_holes(body), notes_for_wrk(templates), never_read),
             "cached": (with_notes, None, None)}
     return [measure("notes", size, service, service_id, payload, duration=duration, connections=connections,
-                    workdir=workdir, notes=notes, check_body=check_body, notes_kind=kind)
+                    workdir=workdir, notes=notes, check_body=check_body, notes_kind=kind, min_requests=min_calls)
             for kind, (payload, notes, check_body) in runs.items()]
 
 
@@ -288,6 +315,9 @@ def notes_summary(results: list[Figures]) -> list[str]:
     out = []
     for figures, none in notes_rows(results):
         added = figures.p50_ms - none.p50_ms
+        if not figures.requests or not none.requests:
+            out.append(f"notes, {figures.notes}, {figures.connections} connection(s): no call completed")
+            continue
         verdict = ""
         if figures.notes == "first read":
             verdict = f" (target: under {NOTES_TARGET_MS:.0f} ms: {'met' if added < NOTES_TARGET_MS else 'MISSED'})"

@@ -9,7 +9,7 @@ import uuid
 
 from cds_service.example_patients import hook_request
 
-from .notes import document_reference, note_text, note_texts
+from .notes import DEFAULT_VARIANT, document_reference, note_text, note_texts
 from .patients import patient_resources
 
 HOOK = "patient-view"
@@ -40,13 +40,14 @@ NOTES_KEY = "clinicalNotes"        # the prefetch key of clinical notes (Documen
 NOTE_TEXT_MARK = "@@note-text@@"   # wrk puts a freshly varied note's base64 here on every request (post.lua)
 
 
-def notes_request(size: str, count: int = 20) -> tuple[str, dict, list[str]]:
+def notes_request(size: str, count: int = 20, variant: str = DEFAULT_VARIANT) -> tuple[str, dict, list[str]]:
     """(service id, body, note templates): the prefetch request of `size` with `count` progress notes,
-    inline and base64, in the clinical-notes key. The templates hold VARIANT (see bench/notes.py)."""
+    inline and base64, in the clinical-notes key, VARIANT filled with `variant`. The templates hold
+    VARIANT (see bench/notes.py)."""
     service_id, body = prefetch_request(size)
     patient_id = body["context"]["patientId"]
     notes = note_texts(count)
-    entries = [document_reference(patient_id, index, visit, note_text(text))
+    entries = [document_reference(patient_id, index, visit, note_text(text, variant))
                for index, (visit, text) in enumerate(notes)]
     body["prefetch"][NOTES_KEY] = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
                                    "entry": [{"fullUrl": f"DocumentReference/{r['id']}", "resource": r,
