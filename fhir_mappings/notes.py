@@ -25,9 +25,9 @@ from .record import PatientRecord
 
 LOINC = "http://loinc.org"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
-# DiagnosticReport categories read as text: US Core radiology and pathology, and the v2 diagnostic
-# service sections for radiology, pathology and surgical pathology. Other categories (laboratory) are not.
-REPORT_CATEGORIES = {(LOINC, "LP29684-5"), (LOINC, "LP7839-6"), (V2_0074, "RAD"), (V2_0074, "PAT"), (V2_0074, "SP")}
+# DiagnosticReport categories read as text (and searched for): US Core radiology and pathology, and the
+# v2 diagnostic service sections for radiology, pathology and surgical pathology. Not laboratory.
+REPORT_CATEGORIES = ((LOINC, "LP29684-5"), (LOINC, "LP7839-6"), (V2_0074, "RAD"), (V2_0074, "PAT"), (V2_0074, "SP"))
 # A DocumentReference is a report (not a clinical note) when typed or categorised as one.
 REPORT_DOCUMENT_TYPES = {"18748-4", "11526-1", "18726-0"}   # diagnostic imaging, pathology, radiology studies
 REPORT_DOCUMENT_CATEGORIES = {"LP29684-5", "LP7839-6"}
@@ -158,7 +158,7 @@ def _document_eligible(resource: dict, replaced: set[str]) -> bool:
 def _report_eligible(resource: dict) -> bool:
     categories = {(c.get("system"), c.get("code")) for cat in _concepts(resource.get("category"))
                   for c in _codings(cat)}
-    return (bool(categories & REPORT_CATEGORIES)
+    return (bool(categories & set(REPORT_CATEGORIES))
             and resource.get("status") in REPORT_STATUSES | {"preliminary"})
 
 
