@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from fhir_mappings.notes import REPORT_CATEGORIES, binaries_to_fetch
+from fhir_mappings.notes import REPORT_CATEGORIES, binaries_to_fetch, categories
 from fhir_mappings.record import subject_id
 
 from .errors import ServiceError
@@ -313,12 +313,12 @@ def prefetch_for(resources: list[dict]) -> dict:
         elif rtype == "ServiceRequest" and resource.get("status") == "active":
             bundles["activeServiceRequests"].append((resource, "match"))
         elif rtype == "Observation":
-            for category in sorted({code for _, code in _categories(resource)} & set(category_keys)):
+            for category in sorted({code for _, code in categories(resource)} & set(category_keys)):
                 bundles[category_keys[category]].append((resource, "match"))
             bundles[UNCATEGORISED_KEY].append((resource, "match"))
-        elif rtype == "DocumentReference" and "clinical-note" in {code for _, code in _categories(resource)}:
+        elif rtype == "DocumentReference" and "clinical-note" in {code for _, code in categories(resource)}:
             bundles[NOTES_KEY].append((resource, "match"))
-        elif rtype == "DiagnosticReport" and _categories(resource) & set(REPORT_CATEGORIES):
+        elif rtype == "DiagnosticReport" and categories(resource) & set(REPORT_CATEGORIES):
             bundles[REPORTS_KEY].append((resource, "match"))
     for key in (NOTES_KEY, REPORTS_KEY):   # _sort=-date
         bundles[key].sort(key=lambda item: _note_date(item[0]), reverse=True)
@@ -328,11 +328,6 @@ def prefetch_for(resources: list[dict]) -> dict:
                     "entry": [{"fullUrl": f"{r['resourceType']}/{r.get('id')}", "resource": r,
                                "search": {"mode": mode}} for r, mode in items]}
     return out
-
-
-def _categories(resource: dict) -> set[tuple[str | None, str | None]]:
-    return {(c.get("system"), c.get("code")) for cat in resource.get("category") or [] if isinstance(cat, dict)
-            for c in cat.get("coding") or [] if isinstance(c, dict)}
 
 
 def _note_date(resource: dict) -> str:

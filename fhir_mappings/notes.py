@@ -97,7 +97,7 @@ def _select(resources: list[dict], fhir_server: str | None, max_notes: int, max_
     scans must not crowd out notes that can be read. It is listed while it is newer than the last
     note read (at most `cap` of them; more are counted).
     """
-    binaries = {r.get("id") for r in resources if r.get("resourceType") == "Binary"}
+    binaries = _binary_ids(resources)
     replaced = _replaced_documents(resources)
     candidates = []
     for resource in resources:
@@ -126,9 +126,20 @@ def _select(resources: list[dict], fhir_server: str | None, max_notes: int, max_
     return selection
 
 
+def _binary_ids(resources: list[dict]) -> set[str]:
+    return {r["id"] for r in resources if r.get("resourceType") == "Binary" and isinstance(r.get("id"), str)}
+
+
 def _codings(concept) -> list[dict]:
     codings = concept.get("coding") if isinstance(concept, dict) else None
     return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
+
+
+def categories(resource: dict) -> set[tuple[str | None, str]]:
+    """(system, code) of every coding of a resource's category (a list, as in DocumentReference and
+    DiagnosticReport)."""
+    return {(c.get("system") if isinstance(c.get("system"), str) else None, c["code"])
+            for cat in _concepts(resource.get("category")) for c in _codings(cat) if isinstance(c.get("code"), str)}
 
 
 def _concepts(value) -> list:
@@ -142,31 +153,33 @@ def _replaced_documents(resources: list[dict]) -> set[str]:
         if resource.get("resourceType") != "DocumentReference" or resource.get("status") == "entered-in-error":
             continue
         for relation in _concepts(resource.get("relatesTo")):
-            target = relation.get("target") if isinstance(relation, dict) else None
+            if not isinstance(relation, dict) or relation.get("code") != "replaces":
+                continue
+            target = relation.get("target")
             ref = target.get("reference") if isinstance(target, dict) else None
-            if relation.get("code") == "replaces" and isinstance(ref, str) and "DocumentReference/" in ref:
+            if isinstance(ref, str) and "DocumentReference/" in ref:
                 replaced.add(ref.rsplit("DocumentReference/", 1)[1].split("/", 1)[0])
     return replaced
 
 
 def _document_eligible(resource: dict, replaced: set[str]) -> bool:
+    ident = resource.get("id")
     return (resource.get("status") == "current"
             and resource.get("docStatus", "final") in ("final", "amended")
-            and resource.get("id") not in replaced)
+            and not (isinstance(ident, str) and ident in replaced))
 
 
 def _report_eligible(resource: dict) -> bool:
-    categories = {(c.get("system"), c.get("code")) for cat in _concepts(resource.get("category"))
-                  for c in _codings(cat)}
-    return (bool(categories & set(REPORT_CATEGORIES))
-            and resource.get("status") in REPORT_STATUSES | {"preliminary"})
+    status = resource.get("status")
+    return (bool(categories(resource) & set(REPORT_CATEGORIES))
+            and isinstance(status, str) and status in REPORT_STATUSES | {"preliminary"})
 
 
 def _document_kind(resource: dict) -> str:
-    types = {c.get("code") for c in _codings(resource.get("type")) if c.get("system") == LOINC}
-    categories = {c.get("code") for cat in _concepts(resource.get("category")) for c in _codings(cat)
-                  if c.get("system") == LOINC}
-    return "report" if types & REPORT_DOCUMENT_TYPES or categories & REPORT_DOCUMENT_CATEGORIES else "note"
+    types = {c.get("code") for c in _codings(resource.get("type"))
+             if c.get("system") == LOINC and isinstance(c.get("code"), str)}
+    loinc_categories = {code for system, code in categories(resource) if system == LOINC}
+    return "report" if types & REPORT_DOCUMENT_TYPES or loinc_categories & REPORT_DOCUMENT_CATEGORIES else "note"
 
 
 def _title(*texts, fallback: str) -> str:
@@ -281,7 +294,7 @@ def _under(url: str, base: str) -> bool:
 
 def binaries_to_fetch(resources: list[dict], fhir_server: str, max_notes: int, max_reports: int) -> list[str]:
     """Ids of the server Binaries the notes that will be read need, newest note first; none already held."""
-    have = {r.get("id") for r in resources if r.get("resourceType") == "Binary"}
+    have = _binary_ids(resources)
     wanted: list[str] = []
     for candidate in _select(resources, fhir_server, max_notes, max_reports).chosen:
         if candidate.binary_id and candidate.binary_id not in have and candidate.binary_id not in wanted:
@@ -297,7 +310,7 @@ def read_notes(record: PatientRecord) -> NotesRead:
     and a line for each one that could not be read."""
     resources = [r for rtype in ("DocumentReference", "DiagnosticReport", "Binary") for r in record.of_type(rtype)]
     selection = _select(resources, record.fhir_server, record.max_notes, record.max_reports)
-    binaries = {r.get("id"): r for r in record.of_type("Binary")}
+    binaries = {r["id"]: r for r in record.of_type("Binary") if isinstance(r.get("id"), str)}
     notes: list[Note] = []
     unread: list[str] = []
     for candidate in selection.unreadable:
@@ -364,7 +377,7 @@ def decode_attachment(data: str, content_type) -> tuple[str, str | None]:
     charset = _charset(content_type) or "utf-8"
     try:
         text = raw.decode(charset, errors="replace")
-    except LookupError:
+    except (LookupError, ValueError):
         text = raw.decode("utf-8", errors="replace")
     text = html_text(text) if media_type != "text/plain" else text.replace("\r\n", "\n").replace("\r", "\n")
     return text, f"read in part (first {MAX_TEXT_CHARS:,} characters)" if cut else None

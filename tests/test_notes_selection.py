@@ -352,6 +352,17 @@ def test_an_unreadable_note_takes_no_place_under_the_cap():
     assert result.unread == ["Progress note (2026-11-25): only a PDF, not read"]
 
 
+def test_unreadable_notes_beyond_the_cap_are_counted_not_listed():
+    scans = [document(f"scan{day}", f"2026-11-{day:02d}", {"contentType": "application/pdf", "data": b64("%PDF")})
+             for day in range(10, 14)]
+    result = read(*scans, document("n1", "2026-11-01"), max_notes=2)
+    assert references(result) == ["DocumentReference/n1"]
+    assert result.unread == ["Progress note (2026-11-13): only a PDF, not read",
+                             "Progress note (2026-11-12): only a PDF, not read",
+                             "clinical notes: 2 more notes in a form that is not read (PDF, images, attachments "
+                             "elsewhere)"]
+
+
 def test_the_record_caps_default_to_20_notes_and_10_reports():
     record = PatientRecord(patient=None)
     assert (record.max_notes, record.max_reports) == (20, 10)
@@ -392,3 +403,30 @@ def test_binary_ids_come_only_from_binary_urls_on_the_fhir_server():
     assert binary_id("https://ehr.example.org.evil.com/fhir/R4/Binary/abc", SERVER) is None
     assert binary_id("DocumentReference/abc", SERVER) is None
     assert binary_id("Binary/../../x", SERVER) is None
+
+
+# ---------------------------------------------------------------------------- malformed data
+
+
+MALFORMED = [
+    {"resourceType": "DocumentReference", "id": ["x"], "status": "current", "content": "text"},
+    {"resourceType": "DocumentReference", "id": "m0", "status": "current", "docStatus": ["final"]},
+    {"resourceType": "DocumentReference", "id": "m1", "status": "current", "date": 5,
+     "relatesTo": ["replaces", {"code": "replaces", "target": "DocumentReference/n1"}],
+     "category": [{"coding": [{"code": ["clinical-note"]}]}], "type": {"coding": "11506-3"},
+     "content": [None, {"attachment": {"contentType": 7, "data": 5}},
+                 {"attachment": {"contentType": "text/plain; charset=\"", "data": b64("ok")}}]},
+    {"resourceType": "DiagnosticReport", "id": "m2", "status": ["final"], "category": "RAD", "conclusion": 3},
+    {"resourceType": "DiagnosticReport", "id": "m3", "status": "final", "effectiveDateTime": "soon",
+     "category": [{"coding": [{"system": LOINC, "code": "LP29684-5"}]}], "conclusion": ["x"],
+     "presentedForm": [{"contentType": "text/html", "url": {"a": 1}},
+                       {"contentType": "text/html", "data": b64("<p>lesion")}]},
+    {"resourceType": "Binary", "id": {"x": 1}, "data": 3},
+]
+
+
+def test_malformed_notes_never_raise_and_what_can_be_read_is_read():
+    result = read(*MALFORMED, fhir_server=SERVER)
+    assert [(n.reference, n.text) for n in result.notes] == [("DocumentReference/m1", "ok"),
+                                                             ("DiagnosticReport/m3", "lesion")]
+    assert binaries_to_fetch(MALFORMED, SERVER, 20, 10) == []
