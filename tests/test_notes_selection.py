@@ -203,6 +203,25 @@ def test_html_markup_is_stripped_with_block_elements_on_their_own_lines():
     assert html_text(markup) == "HPI\n\nPain at night.\n\nNo fever\n\nWeight loss\n\nPlan\nMRI"
 
 
+def test_html_comments_are_dropped_and_the_text_after_them_kept():
+    assert html_text("<div>Saddle anaesthesia: <!-- checklist item 4 --> No</div>") == "Saddle anaesthesia: No"
+
+
+def test_xhtml_with_an_xml_declaration_is_read():
+    markup = ('<?xml version="1.0" encoding="UTF-8"?><html xmlns="http://www.w3.org/1999/xhtml"><body>'
+              "<h2>Impression</h2><p>Lytic lesion at L3.</p></body></html>")
+    assert html_text(markup) == "Impression\n\nLytic lesion at L3."
+
+
+def test_table_cells_are_separated_and_rows_are_lines():
+    assert html_text("<table><tr><td>Weight loss</td><td>Yes</td></tr><tr><td>Fever</td><td>No</td></tr></table>") == (
+        "Weight loss Yes\n\nFever No")
+
+
+def test_empty_markup_is_empty_text():
+    assert html_text("  ") == "" and html_text("<p></p>") == ""
+
+
 def test_an_html_note_is_read_without_markup():
     resource = document("n1", "2026-11-20", text_attachment("<p>Saddle anaesthesia: <b>No</b></p>", "text/html"))
     assert read(resource).notes[0].text == "Saddle anaesthesia: No"
