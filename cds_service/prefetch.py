@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from fhir_mappings.notes import REPORT_CATEGORIES, binaries_to_fetch, categories
+from fhir_mappings.notes import REPORT_CATEGORIES, binaries_to_fetch, categories, filled_kinds
 from fhir_mappings.record import subject_id
 
 from .errors import ServiceError
@@ -145,7 +145,9 @@ def gather(body: dict, fetcher=None, today: date | None = None, *, max_notes: in
                 failures[key] = f"{slot.unreadable} unreadable entr{'y' if slot.unreadable == 1 else 'ies'} skipped"
         if slot.status == "null":
             gathered.sources[key] = "null"
-        if slot.status == "paged":
+        if slot.status == "paged" and _enough_notes(key, slot.resources, fhir_server, max_notes, max_reports):
+            pass   # newest first: the later pages hold only notes older than the caps would read
+        elif slot.status == "paged":
             if fhir_server and slot.next_url and under_base(slot.next_url, fhir_server):
                 to_fetch[key] = slot.next_url  # the client fetches it and the pages after it
                 parts[key] = [key]
@@ -210,6 +212,13 @@ def gather(body: dict, fetcher=None, today: date | None = None, *, max_notes: in
     if fhir_server and fetcher is not None:
         _second_round(gathered, fhir_server, token, fetcher, max_notes, max_reports, context.get("patientId"))
     return gathered
+
+
+def _enough_notes(key: str, resources: list[dict], fhir_server: str | None, max_notes: int, max_reports: int) -> bool:
+    """A first page of notes (or reports) already holds as many readable ones as are read: its next
+    pages need not be fetched."""
+    kind = {NOTES_KEY: "note", REPORTS_KEY: "report"}.get(key)
+    return kind is not None and kind in filled_kinds(resources, fhir_server, max_notes, max_reports)
 
 
 def _fetch_failure(key: str, result) -> str:

@@ -304,6 +304,13 @@ def binaries_to_fetch(resources: list[dict], fhir_server: str, max_notes: int, m
     return wanted
 
 
+def filled_kinds(resources: list[dict], fhir_server: str | None, max_notes: int, max_reports: int) -> set[str]:
+    """The kinds ("note", "report") of which these resources already hold as many readable ones as are read."""
+    selection = _select(resources, fhir_server, max_notes, max_reports)
+    caps = {"note": max_notes, "report": max_reports}
+    return {kind for kind, cap in caps.items() if sum(c.kind == kind for c in selection.chosen) >= cap}
+
+
 # ---------------------------------------------------------------------------- reading
 
 

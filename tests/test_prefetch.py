@@ -324,3 +324,24 @@ def test_the_binary_of_a_note_about_another_patient_is_not_fetched():
     gather(body(notes_prefetch(foreign, note("n1", "2026-11-28", "Binary/ours")), fhirServer=SERVER), fetcher,
            TODAY, max_notes=1)
     assert fetcher.rounds == [{"binary 0": "Binary/ours"}]
+
+
+def paged_notes(count):
+    notes = [note(f"n{i}", f"2026-11-{28 - i:02d}") for i in range(count)]
+    return dict(notes_prefetch(*notes)["clinicalNotes"],
+                link=[{"relation": "next", "url": f"{SERVER}/DocumentReference?patient=p1&_offset=50"}])
+
+
+def test_later_pages_of_prefetched_notes_are_not_fetched_when_the_first_holds_as_many_as_are_read():
+    fetcher = Fetcher({})
+    gathered = gather(body({**notes_prefetch(), "clinicalNotes": paged_notes(5)}, fhirServer=SERVER), fetcher,
+                      TODAY, max_notes=5)
+    assert fetcher.asked == {}
+    assert gathered.unavailable == []
+
+
+def test_later_pages_of_prefetched_notes_are_fetched_when_the_first_holds_fewer_than_are_read():
+    fetcher = Fetcher({"clinicalNotes": Result(EMPTY)})
+    gather(body({**notes_prefetch(), "clinicalNotes": paged_notes(5)}, fhirServer=SERVER), fetcher, TODAY,
+           max_notes=6)
+    assert fetcher.asked == {"clinicalNotes": f"{SERVER}/DocumentReference?patient=p1&_offset=50"}
