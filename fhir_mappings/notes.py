@@ -101,19 +101,22 @@ def _select(resources: list[dict], fhir_server: str | None, max_notes: int, max_
     """
     binaries = _binary_ids(resources)
     replaced = _replaced_documents(resources)
-    candidates = []
+    candidates: dict[str, _Candidate] = {}   # by reference: a note both prefetched and fetched counts once
     for resource in resources:
         rtype = resource.get("resourceType")
+        if _reference(resource) in candidates:
+            continue
         if rtype == "DocumentReference" and _document_eligible(resource, replaced):
-            candidates.append(_document(resource, fhir_server, binaries))
+            candidates[_reference(resource)] = _document(resource, fhir_server, binaries)
         elif rtype == "DiagnosticReport" and _report_eligible(resource):
-            candidates.append(_report(resource, fhir_server, binaries))
-    candidates.sort(key=lambda c: (c.moment is not None, c.moment or _UNDATED, c.reference), reverse=True)
+            candidates[_reference(resource)] = _report(resource, fhir_server, binaries)
+    ordered = sorted(candidates.values(), key=lambda c: (c.moment is not None, c.moment or _UNDATED, c.reference),
+                     reverse=True)
     caps = {"note": max_notes, "report": max_reports}
     selection = _Selection([], [], {"note": 0, "report": 0}, {"note": 0, "report": 0})
     chosen = {"note": 0, "report": 0}
     listed = {"note": 0, "report": 0}
-    for candidate in candidates:
+    for candidate in ordered:
         kind = candidate.kind
         if chosen[kind] >= caps[kind]:
             selection.dropped[kind] += 1
@@ -401,8 +404,11 @@ def _parsed_type(content_type) -> Message | None:
 
 
 def _media_type(content_type) -> str | None:
-    message = _parsed_type(content_type)
-    return message.get_content_type() if message is not None else None
+    """"text/html" of "text/html; charset=UTF-8"; None when not stated. (Not email's get_content_type,
+    which reads a malformed type as text/plain: a PDF must never be read as text.)"""
+    if not isinstance(content_type, str) or not content_type.split(";", 1)[0].strip():
+        return None
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def _charset(content_type) -> str | None:

@@ -449,3 +449,20 @@ def test_malformed_notes_never_raise_and_what_can_be_read_is_read():
     assert [(n.reference, n.text) for n in result.notes] == [("DocumentReference/m1", "ok"),
                                                              ("DiagnosticReport/m3", "lesion")]
     assert binaries_to_fetch(MALFORMED, SERVER, 20, 10) == []
+
+
+def test_a_note_held_twice_takes_one_place_under_the_cap():
+    resources = [document("n2", "2026-11-02", {"contentType": "text/plain", "url": "Binary/b2"}),
+                 document("n2", "2026-11-02", {"contentType": "text/plain", "url": "Binary/b2"}),
+                 document("n1", "2026-11-01", {"contentType": "text/plain", "url": "Binary/b1"})]
+    assert binaries_to_fetch(resources, SERVER, 2, 10) == ["b2", "b1"]
+
+
+def test_a_malformed_content_type_is_never_read_as_text():
+    resource = document("n1", "2026-11-20", {"contentType": "pdf", "data": b64("%PDF-1.7")})
+    assert read(resource).unread == ["Progress note (2026-11-20): only a pdf attachment, not read"]
+
+
+def test_content_types_are_compared_without_case():
+    resource = document("n1", "2026-11-20", {"contentType": "Text/HTML; Charset=UTF-8", "data": b64("<b>ok</b>")})
+    assert read(resource).notes[0].text == "ok"
