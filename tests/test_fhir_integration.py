@@ -44,9 +44,10 @@ RECORD_SHAPE_CASES = tuple(sorted(p.name.split("-", 1)[0] for p in CASES_DIR.glo
                                   if 111 <= int(p.name.split("-", 1)[0]) <= 149))
 OPTIONAL_KEYS = ("labs", "vitalSigns", "socialHistory", "survey", "examObservations", "encounters", "procedures",
                  "medications", "medicationStatements", "medicationAdministrations", "activeServiceRequests",
-                 "allObservations")
+                 "clinicalNotes", "diagnosticReports", "allObservations")
 ALL_TYPES = {"Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
-             "MedicationStatement", "MedicationAdministration", "ServiceRequest"}
+             "MedicationStatement", "MedicationAdministration", "ServiceRequest", "DocumentReference",
+             "DiagnosticReport"}
 # requests of one call in fetch mode (no Medication to read, every slice one page)
 SEARCHES = 2 + len(OPTIONAL_KEYS) + len(SLICED_KEYS) * (SLICES - 1)
 LOINC = "http://loinc.org"
