@@ -27,7 +27,9 @@ from pathlib import Path
 
 from . import terminology
 from .record import RECENT_OBSERVATION_DAYS, UNWINDOWED_CATEGORIES, PatientRecord
+from .notes import Note, read_notes
 from .terminology import coding_label, value_set
+from .text import quote
 from .units import quantity_value
 
 CANCER_CONCEPTS = ("malignancy", "cancer-personal-history", "metastatic-disease", "myeloma")
@@ -78,8 +80,9 @@ class Evidence:
     label: str  # "Malignant neoplasm of prostate (ICD-10-CM C61)"
     date: date | None = None
     value: str | None = None  # "48 ng/mL"
-    how: str = "code"  # code | text | derived
+    how: str = "code"  # code | text | note | derived
     status: str | None = None  # "provisional", "resolved", "preliminary", ...
+    quote: str | None = None  # a note's sentence, Markdown-escaped, the matched words in bold (text.quote)
 
 
 @dataclass(frozen=True)
@@ -192,10 +195,11 @@ def _notes(resource: dict) -> str:
 
 
 def _match(name: str, concept, extra_text: str = ""):
+    """The concept by code or its own text, else the free-text notes read as notes (text.counts)."""
     vs = value_set(name)
     found = vs.match(concept) if isinstance(concept, dict) else None
     if found is None and extra_text:
-        found = vs.match_text(extra_text)
+        found = vs.match_text(extra_text, note=True)
     return found
 
 
@@ -476,7 +480,7 @@ def _exam_findings(observation: dict) -> list[Finding]:
                     source = concept
                     break
         if found is None and notes:
-            found = value_set(name).match_text(notes)
+            found = value_set(name).match_text(notes, note=True)
         if found is not None:
             label = _label(source, found) if source else f"\"{found.display}\""
             out.append(Finding(name, Evidence(_ref(observation), label, when, value_text or None, found.how),
@@ -875,7 +879,50 @@ def extract(record: PatientRecord, today: date) -> Facts:
             facts.lbp_encounters.append(finding)  # a visit today is this visit, never an earlier one
     onsets = [f.onset for f in facts.lbp if f.onset]
     facts.lbp_onset = min(onsets) if onsets else None
+    _notes_findings(record, facts)
     return facts
+
+
+# ---------------------------------------------------------------- clinical notes and reports
+
+NOTE_WINDOW_DAYS = 90  # notes of the current LBP episode or this many days give every flag
+NOTE_CANCER_CONCEPTS = (*CANCER_CONCEPTS, "cancer-treatment")  # read from notes of any date
+
+
+def _notes_findings(record: PatientRecord, facts: Facts) -> None:
+    """Findings written in clinical notes and imaging/pathology reports (issue 12), each dated by its note.
+
+    Notes of the current episode or the last 90 days give every flag; older or undated ones (still
+    within the caps) only cancer history. What could not be read is named on the card.
+    """
+    read = read_notes(record)
+    facts.unavailable.extend(read.unread)
+    since = facts.today - timedelta(days=NOTE_WINDOW_DAYS)
+    if facts.lbp_onset is not None and facts.lbp_onset < since:
+        since = facts.lbp_onset
+    sets = {"note": value_sets_read_from("DocumentReference"), "report": value_sets_read_from("DiagnosticReport")}
+    for note in read.notes:
+        recent = note.date is not None and since <= note.date <= facts.today
+        names = [n for n in sets[note.kind] if recent or n in NOTE_CANCER_CONCEPTS]
+        facts.findings.extend(_note_findings(note, names))
+
+
+def _note_findings(note: Note, names) -> list[Finding]:
+    out = []
+    for name in names:
+        mention = value_set(name).mention_in(note.text, note=True)
+        if mention is None:
+            continue
+        if name in CANCER_CONCEPTS and value_set("non-melanoma-skin-cancer").mention_in(mention.sentence, note=False):
+            continue  # "h/o basal cell carcinoma": not a cancer that spreads to the spine
+        status = "suspected" if mention.uncertain else ("preliminary" if note.preliminary else None)
+        history = mention.historical or name == "cancer-personal-history"
+        out.append(Finding(
+            concept=name,
+            evidence=Evidence(note.reference, note.title, note.date, None, "note", status, quote(mention)),
+            active=not history, suspected=mention.uncertain, onset=note.date, last_activity=note.date,
+            recorded=note.date, text=mention.sentence))
+    return out
 
 
 def _safely(facts: Facts, resource: dict, read) -> list:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Binary has no subject: it is kept, and read only by id, as the attachment of a note of this patient.
 RESOURCE_TYPES = ("Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
-                  "MedicationStatement", "MedicationAdministration", "Medication", "ServiceRequest")
+                  "MedicationStatement", "MedicationAdministration", "Medication", "ServiceRequest",
+                  "DocumentReference", "DiagnosticReport", "Binary")
 
 # Observation categories (http://terminology.hl7.org/CodeSystem/observation-category) the clinical core
 # reads, each searched on its own: US Core servers answer patient+category, and several refuse a
@@ -30,6 +32,10 @@ class PatientRecord:
     encounter_id: str | None = None
     patient_id: str | None = None  # context.patientId: the patient the EHR asked about
     unavailable: list[str] = field(default_factory=list)  # human-readable: what data is missing and why
+    max_notes: int = 20    # clinical notes read, newest first
+    max_reports: int = 10  # imaging and pathology reports read, newest first
+    fhir_server: str | None = None  # where attachments by URL come from; no other server's are read
+    binary_errors: dict[str, str] = field(default_factory=dict)  # Binary id -> why it could not be fetched
 
     def of_type(self, resource_type: str) -> list[dict]:
         return self.resources.get(resource_type, [])

@@ -2,8 +2,9 @@
 
 Codes first (system + code; ICD-10-CM prefixes and category ranges, dots and case ignored; the
 codes of the published expansions in valuesets/published/ a set names), then text (whole-word
-phrases, negation- and family-history-aware). A code the value set excludes vetoes the whole
-concept, so "C44.91 Basal cell carcinoma" never matches malignancy by its text.
+phrases, read by fhir_mappings.text: negated, someone else's or hypothetical mentions do not count).
+A code the value set excludes vetoes the whole concept, so "C44.91 Basal cell carcinoma" never
+matches malignancy by its text.
 
 A SNOMED CT code no list names is a descendant the lists missed, or another concept: a configured
 terminology server's answer decides (handed in as plain data through ``server_answers``), and
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from types import MappingProxyType
+
+from .text import Mention, Vocabularies, any_of, counts, phrases
 
 VALUESET_DIR = Path(__file__).parent / "valuesets"
 PUBLISHED_DIR = VALUESET_DIR / "published"
@@ -47,28 +50,11 @@ SYSTEM_ALIASES = {
 SYSTEM_NAMES = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", LOINC: "LOINC", RXNORM: "RxNorm", CPT: "CPT",
                 HCPCS: "HCPCS"}
 
-# Cues that make a mention not a current personal finding (a NegEx-style reading): negation in
-# the few words before it, a relative right before it, or a closing cue right after it.
-NEGATION_BEFORE = re.compile(
-    r"(?<![a-z0-9])(no|not|denies|denied|denying|negative for|without|free of|absence of|absent|"
-    r"no evidence of|no history of|no h/o|never|nil|none)(?![a-z0-9])")
-# After a mention, within its clause and up to the next comma: "CES ruled out", "cancer excluded on
-# biopsy", "saddle anaesthesia: absent"; a bare "no" only when it closes the clause ("fever: no").
-NEGATION_AFTER = re.compile(
-    r"^(?:\W{0,3}no\W*$|\W*(?:[a-z0-9/\-]+\W+){0,3}?(?:absent|negative|not present|not found|denied|"
-    r"ruled out|excluded|none|nil)(?![a-z0-9]))")
-FAMILY_HISTORY = re.compile(r"(?<![a-z0-9])(family history|fam hx|fhx|fh)(?![a-z0-9])")
-RELATIVE = re.compile(
-    r"(?<![a-z0-9])(mother|father|mum|dad|sister|brother|aunt|uncle|grandmother|grandfather|cousin|son|"
-    r"daughter|parent|sibling)(?![a-z0-9])")
 # A clause ends at sentence punctuation, at "but"/"however", and at a comma that starts a new
 # statement ("denies fever, reports new urinary retention").
 CLAUSE_BREAK = re.compile(
     r"[.;\n|!?]|\bbut\b|\bhowever\b|\balthough\b|,\s*(?:and\s+)?(?=(?:reports?|complains? of|c/o|has|have|had|"
     r"presents? with|notes?|describes?|admits?|now|new|on examination|o/e)\b)")
-WINDOW_WORDS = 6
-RELATIVE_WORDS = 4
-_WORD_START = r"(?<![a-z0-9])"  # every phrase starts a word
 
 # (value set id, SNOMED CT code) -> is the code in the set, as a terminology server answered for
 # this request. Empty unless the service layer was configured with a server and asked it.
@@ -140,87 +126,6 @@ class _CodeRule:
         return None
 
 
-def _phrase_pattern(phrase: str) -> str:
-    """A trailing '*' is any word ending; a leading '*' (fallback words only) any word beginning."""
-    phrase = phrase.strip().lower()
-    wildcard, leading = phrase.endswith("*"), phrase.startswith("*")
-    words = [re.escape(w) for w in re.split(r"[\s\-]+", phrase.strip("*")) if w]
-    body = (r"[a-z]*" if leading else "") + r"[\s\-]+".join(words) + (r"[a-z]*" if wildcard else "")
-    return rf"{_WORD_START}{body}(?![a-z0-9])"
-
-
-def _phrases(phrases) -> list[str]:
-    return [p for p in phrases or () if isinstance(p, str) and p.strip()]
-
-
-def _any_of(phrases) -> re.Pattern | None:
-    phrases = _phrases(phrases)
-    return re.compile("|".join(_phrase_pattern(p) for p in phrases)) if phrases else None
-
-
-SHORT_TEXT = 512  # texts up to this length (displays, short notes) are memoised in the large cache
-SHORT_TEXTS_CACHED = 8192
-LONG_TEXTS_CACHED = 64  # long notes: few, each read by every value set within one request
-
-
-class _Vocabularies:
-    """Several named phrase lists behind ONE compiled pattern, run once per distinct text.
-
-    The union pattern finds every position where a phrase of any list starts (a lookahead, so
-    overlapping phrases of different lists are all seen); only there is each list's own pattern
-    tried, and its non-overlapping hits are read off in order, exactly as that list's own
-    ``finditer`` would give them. Texts are memoised in bounded LRU caches keyed on the text.
-    """
-
-    def __init__(self, vocabularies: Mapping[str, list[str]]):
-        self.patterns = {key: _any_of(phrases) for key, phrases in vocabularies.items() if _phrases(phrases)}
-        bodies = [_phrase_pattern(p).removeprefix(_WORD_START)
-                  for phrases in vocabularies.values() for p in _phrases(phrases)]
-        # The shared word-start guard is factored out, so each alternative starts with a literal
-        # the regex engine can skip on at once.
-        self.union = re.compile(_WORD_START + "(?=" + "|".join(bodies) + ")") if bodies else None
-        self._short = lru_cache(maxsize=SHORT_TEXTS_CACHED)(self._analyse)
-        self._long = lru_cache(maxsize=LONG_TEXTS_CACHED)(self._analyse)
-
-    def hits(self, text: str) -> _TextHits:
-        return (self._short if len(text) <= SHORT_TEXT else self._long)(text)
-
-    def _analyse(self, text: str) -> _TextHits:
-        lowered = text.lower()
-        starts = [m.start() for m in self.union.finditer(lowered)] if self.union is not None else []
-        return _TextHits(self, text, lowered, starts)
-
-
-class _TextHits:
-    """One text's phrase hits per vocabulary (computed on first use) and per-value-set verdicts."""
-
-    __slots__ = ("_vocabularies", "text", "lowered", "_starts", "_hits", "verdicts")
-
-    def __init__(self, vocabularies: _Vocabularies, text: str, lowered: str, starts: list[int]):
-        self._vocabularies = vocabularies
-        self.text, self.lowered, self._starts = text, lowered, starts
-        self._hits: dict[str, list[tuple[int, int]]] = {}
-        self.verdicts: dict[str, Match | None] = {}  # value set id (or id#fallback) -> its answer
-
-    def of(self, key: str) -> list[tuple[int, int]]:
-        """The (start, end) spans the vocabulary's own pattern finds, in order, not overlapping."""
-        found = self._hits.get(key)
-        if found is None:
-            found = []
-            pattern = self._vocabularies.patterns.get(key)
-            if pattern is not None and self._starts:
-                cursor = 0
-                for start in self._starts:
-                    if start < cursor:
-                        continue
-                    hit = pattern.match(self.lowered, start)
-                    if hit is not None:
-                        found.append((start, hit.end()))
-                        cursor = hit.end()
-            self._hits[key] = found
-        return found
-
-
 @cache
 def published_expansion(name: str) -> dict:
     """One published expansion file (valuesets/published/<name>.json): its system, codes and provenance."""
@@ -235,10 +140,10 @@ def _text_vocabularies(data: dict) -> dict[str, list[str]]:
     """A value set's phrase lists for the shared matcher: synonyms, text vetoes, SNOMED CT fallback words, vetoes."""
     text = data.get("text") or {}
     fallback = (data.get("snomed") or {}).get("fallback") or {}
-    return {f"{data['id']}#synonyms": _phrases(text.get("synonyms")),
-            f"{data['id']}#vetoes": _phrases(text.get("exclude")),
-            f"{data['id']}#fallback": _phrases(fallback.get("words")),
-            f"{data['id']}#fallback-vetoes": _phrases(fallback.get("exclude"))}
+    return {f"{data['id']}#synonyms": phrases(text.get("synonyms")),
+            f"{data['id']}#vetoes": phrases(text.get("exclude")),
+            f"{data['id']}#fallback": phrases(fallback.get("words")),
+            f"{data['id']}#fallback-vetoes": phrases(fallback.get("exclude"))}
 
 
 CONCEPTS_CACHED = 4096  # per value set: distinct (text, codings) answers kept
@@ -252,7 +157,7 @@ class ValueSet:
     one code index per (system, code); a set built on its own data gets its own.
     """
 
-    def __init__(self, data: dict, *, vocabularies: _Vocabularies | None = None, shared_codes: bool = False):
+    def __init__(self, data: dict, *, vocabularies: Vocabularies | None = None, shared_codes: bool = False):
         self.id = data["id"]
         self.title = data.get("title", self.id)
         self.source = data.get("source", [])
@@ -267,8 +172,8 @@ class ValueSet:
                 system = normalise_system(expansion["system"])
                 rules.setdefault(system, _CodeRule(system, {})).add(expansion["codes"])
         text = data.get("text") or {}
-        self._vetoes = _any_of(text.get("exclude"))
-        self._vocabularies = vocabularies or _Vocabularies(_text_vocabularies(data))
+        self._vetoes = any_of(text.get("exclude"))
+        self._vocabularies = vocabularies or Vocabularies(_text_vocabularies(data))
         self._synonyms_key, self._vetoes_key = f"{self.id}#synonyms", f"{self.id}#vetoes"
         self._fallback_key = f"{self.id}#fallback"
         patterns = self._vocabularies.patterns
@@ -372,7 +277,7 @@ class ValueSet:
         found = None
         if not (hits.of(f"{self.id}#fallback-vetoes") or hits.of(self._vetoes_key)):
             for start, end in hits.of(self._fallback_key):
-                if not _negated(hits.lowered, start, end):
+                if counts(hits.mention(self._fallback_key, start, end), note=False):
                     found = Match("text", None, None, text[start:end])
                     break
         hits.verdicts[self._fallback_key] = found
@@ -383,37 +288,34 @@ class ValueSet:
         found = self.match(concept)
         return found if found is not None and found.how == "code" else None
 
-    def match_text(self, text) -> Match | None:
+    def match_text(self, text, *, note: bool = False) -> Match | None:
+        """A match on free text: a concept's text or display (``note=False``) or a note (see text.counts)."""
+        found = self.mention_in(text, note=note)
+        return Match("text", None, None, found.words) if found is not None else None
+
+    def mention_in(self, text, *, note: bool = True) -> Mention | None:
+        """The first synonym of this set in ``text`` that counts as a current finding of the patient."""
         if not self._has_synonyms or not isinstance(text, str) or not text.strip():
             return None
         hits = self._vocabularies.hits(text)
-        if self.id in hits.verdicts:
-            return hits.verdicts[self.id]
+        verdict_key = f"{self.id}#{'note' if note else 'concept'}"
+        if verdict_key in hits.verdicts:
+            return hits.verdicts[verdict_key]
         found = None
         lowered = hits.lowered
         for start, end in hits.of(self._synonyms_key):
             if self._vetoes is not None and self._vetoes.search(_clause(lowered, start, end)):
                 continue  # a veto phrase speaks only for its own clause
-            if not _negated(lowered, start, end):
-                found = Match("text", None, None, text[start:end])
+            mention = hits.mention(self._synonyms_key, start, end)
+            if counts(mention, note=note):
+                found = mention
                 break
-        hits.verdicts[self.id] = found
+        hits.verdicts[verdict_key] = found
         return found
 
 
 def _clause(text: str, start: int, end: int) -> str:
     return CLAUSE_BREAK.split(text[:start])[-1] + text[start:end] + CLAUSE_BREAK.split(text[end:])[0]
-
-
-def _negated(text: str, start: int, end: int) -> bool:
-    before = CLAUSE_BREAK.split(text[:start])[-1]
-    words = before.split()
-    if NEGATION_BEFORE.search(" ".join(words[-WINDOW_WORDS:])) or FAMILY_HISTORY.search(before):
-        return True
-    if RELATIVE.search(" ".join(words[-RELATIVE_WORDS:])):
-        return True
-    after = CLAUSE_BREAK.split(text[end:])[0].split(",")[0]
-    return bool(NEGATION_AFTER.search(after))
 
 
 @cache
@@ -422,17 +324,17 @@ def _value_set_data(name: str) -> dict:
 
 
 @cache
-def _shared_vocabularies() -> _Vocabularies:
+def shared_vocabularies() -> Vocabularies:
     """Every value set's text vocabularies behind one matcher."""
     vocabularies: dict[str, list[str]] = {}
     for name in all_value_sets():
         vocabularies.update(_text_vocabularies(_value_set_data(name)))
-    return _Vocabularies(vocabularies)
+    return Vocabularies(vocabularies)
 
 
 @cache
 def value_set(name: str) -> ValueSet:
-    return ValueSet(_value_set_data(name), vocabularies=_shared_vocabularies(), shared_codes=True)
+    return ValueSet(_value_set_data(name), vocabularies=shared_vocabularies(), shared_codes=True)
 
 
 @lru_cache(maxsize=16384)
@@ -461,7 +363,7 @@ def all_value_sets() -> list[str]:
 
 def reload() -> None:
     """Forget every loaded value set and what was derived from them (after pointing VALUESET_DIR elsewhere)."""
-    for cached in (_value_set_data, _shared_vocabularies, value_set, _code_index, _value_set_names,
+    for cached in (_value_set_data, shared_vocabularies, value_set, _code_index, _value_set_names,
                    published_expansion):
         cached.cache_clear()
 

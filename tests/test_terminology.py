@@ -9,10 +9,10 @@ from fhir_mappings.terminology import (
     SNOMED,
     VALUESET_DIR,
     ValueSet,
-    _shared_vocabularies,
     all_value_sets,
     coding_label,
     server_answers,
+    shared_vocabularies,
     value_set,
 )
 
@@ -188,7 +188,7 @@ def corpus() -> list[str]:
 
 
 def test_the_shared_matcher_finds_exactly_what_each_vocabulary_finds_alone():
-    vocabularies = _shared_vocabularies()
+    vocabularies = shared_vocabularies()
     for text in corpus():
         hits = vocabularies.hits(text)
         for key, pattern in vocabularies.patterns.items():
@@ -216,13 +216,13 @@ def test_phrases_of_different_value_sets_overlapping_in_one_text_are_each_found(
 
 def test_a_repeated_text_is_read_from_the_cache_not_matched_again():
     text = "Progressive leg weakness and numbness since Tuesday"
-    first = _shared_vocabularies().hits(text)
-    assert _shared_vocabularies().hits(text) is first
-    assert value_set("motor-deficit").match_text(text) is value_set("motor-deficit").match_text(text)
+    first = shared_vocabularies().hits(text)
+    assert shared_vocabularies().hits(text) is first
+    assert value_set("motor-deficit").mention_in(text) is value_set("motor-deficit").mention_in(text)
 
 
 def test_the_text_cache_is_bounded():
-    vocabularies = _shared_vocabularies()
+    vocabularies = shared_vocabularies()
     for _ in range(3):
         vocabularies.hits("x" * 10_000 + str(_))
     assert vocabularies._long.cache_info().maxsize and vocabularies._short.cache_info().maxsize
