@@ -47,6 +47,8 @@ def finding_words(flag: RedFlag) -> str:
     if how == "value" and ev.value:
         value = shown_value(ev).replace(" years", "") if flag.id == "age-50-plus" else shown_value(ev).lstrip("-")
         return f"{meta['short']} {value}"
+    if ev.how == "note":
+        return meta["short"]  # the note's title says where, its quote what (in the evidence line)
     if how == "record":
         words = plain(ev.label)
         return words if len(words) <= 48 else words[:45].rsplit(" ", 1)[0] + "…"
@@ -95,6 +97,8 @@ def _evidence_item(ev: Evidence, today, what: str | None = None) -> str:
         bits.append(ago(ev.date, today))
     if ev.status:
         bits.append(ev.status)
+    if ev.quote:  # a note's sentence, already escaped, the matched words in bold
+        return ", ".join(bits) + f': "{ev.quote}"'
     return ", ".join(bits)
 
 
@@ -163,7 +167,7 @@ def detail_markdown(assessment: Assessment, plan: Plan, ratings: list[tuple[Imag
     """The detail, shortened to fit: first the sources, then the weaker flags' evidence; the decisive
     finding and the list of what could not be checked are never cut."""
     limits = recommendations()["card_limits"]
-    quotes_notes = any(ev.how == "text" for f in assessment.red_flags for ev in f.evidence)
+    quotes_notes = any(ev.how in ("text", "note") for f in assessment.red_flags for ev in f.evidence)
     limit = limits["max_quoting_notes"] if quotes_notes else limits["max"]
     spec = plan.spec
 

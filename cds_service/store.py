@@ -44,7 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from .settings import SettingsError
@@ -346,7 +346,7 @@ class Store:
                       call.hook_instance, rows)
             return False
         try:
-            self._record_call(call)
+            self._with_retry(lambda: self._record_call(call))
             return True
         except SQLAlchemyError as exc:
             if not self.engine.url.get_backend_name().startswith("sqlite"):
@@ -355,6 +355,22 @@ class Store:
             log.error("audit rows lost: could not store hook call (hookInstance=%s rows=%d): %s",
                       call.hook_instance, rows, exc.__class__.__name__)
             return False
+
+    SQLITE_RETRIES = 3
+
+    def _with_retry(self, write: Callable[[], None]) -> None:
+        """SQLite can answer "database is locked" at once, without waiting its busy timeout (WAL
+        recovery, a checkpoint while another process opens the file): try the write again, briefly."""
+        sqlite = self.engine.url.get_backend_name().startswith("sqlite")
+        for attempt in range(self.SQLITE_RETRIES if sqlite else 1):
+            try:
+                write()
+                return
+            except OperationalError:
+                if attempt + 1 >= self.SQLITE_RETRIES or not sqlite:
+                    raise
+                log.warning("audit write retried after a busy database (attempt %d)", attempt + 1)
+                time.sleep(0.05 * (attempt + 1))
 
     def _record_call(self, call: CallRecord) -> None:
         now = datetime.now(UTC)

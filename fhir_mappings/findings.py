@@ -26,8 +26,8 @@ from functools import cache
 from pathlib import Path
 
 from . import terminology
-from .record import RECENT_OBSERVATION_DAYS, UNWINDOWED_CATEGORIES, PatientRecord
 from .notes import Note, read_notes
+from .record import RECENT_OBSERVATION_DAYS, UNWINDOWED_CATEGORIES, PatientRecord
 from .terminology import coding_label, value_set
 from .text import quote
 from .units import quantity_value

@@ -3,6 +3,7 @@ nothing is lost under concurrent load, a database outage never holds back a card
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from audit_requests import CONSIDER, EMERGENCY_CES, IMAGING, NO_FLAG, ORDER_IMAGING, example_body, feedback, rows
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import OperationalError
 
 from cds_service.app import create_app
 from cds_service.cli import main
@@ -86,6 +88,25 @@ def test_a_failed_card_write_leaves_no_half_call_and_is_counted(database_url):
     assert rows(database_url, "SELECT COUNT(*) FROM hook_calls")[0][0] == 0
     assert rows(database_url, "SELECT COUNT(*) FROM issued_cards")[0][0] == 0
     assert store.lost_rows == 3 and lost == [3]
+
+
+def test_a_sqlite_write_refused_at_once_as_locked_is_retried_not_lost(tmp_path, monkeypatch):
+    # SQLite can refuse a write with "database is locked" without waiting its busy timeout (WAL
+    # recovery while another worker opens the file); that refusal cannot be staged reliably, so it is injected.
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    store = migrated(url)
+    write, attempts = store._record_call, []
+
+    def busy_once(call):
+        attempts.append(call.hook_instance)
+        if len(attempts) == 1:
+            raise OperationalError("INSERT INTO hook_calls", {}, sqlite3.OperationalError("database is locked"))
+        write(call)
+
+    monkeypatch.setattr(store, "_record_call", busy_once)
+    assert store.record_call(CallRecord("lbp-patient-view", "patient-view", "h-1", "p1", [card("c-1")]))
+    assert attempts == ["h-1", "h-1"] and store.lost_rows == 0
+    assert rows(url, "SELECT COUNT(*) FROM hook_calls")[0][0] == 1
 
 
 def test_feedback_is_stored_once_per_card_outcome_and_time_and_only_for_cards_shown(database_url):

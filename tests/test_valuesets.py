@@ -32,7 +32,8 @@ ALLOWED_KEYS = {"id", "title", "readFrom", "description", "source", "include", "
                 "published", "snomed"}
 REQUIRED_KEYS = {"id", "title", "readFrom", "description", "source", "include", "text"}
 # Where findings are read from: FHIR resource types, and "medication" for every medication resource.
-READ_FROM = {"Condition", "Observation", "Procedure", "Encounter", "medication"}
+READ_FROM = {"Condition", "Observation", "Procedure", "Encounter", "medication",
+             "DocumentReference", "DiagnosticReport"}
 
 
 def _load(path: Path) -> dict:
