@@ -106,6 +106,19 @@ def test_a_negation_does_not_reach_a_later_finding_introduced_by_reports():
     assert matched(text, "urinary-retention")
 
 
+@pytest.mark.parametrize("text", [
+    "Conus and cauda equina nerve roots are unremarkable.",
+    "The conus terminates at L1 and the cauda equina is normal.",
+])
+def test_a_structure_reported_as_normal_is_not_a_finding(text):
+    assert matched(text, "cauda-equina-syndrome") is None
+
+
+@pytest.mark.parametrize("text", ["Plan: discuss with MSCC coordinator today.", "Referred to the MSCC team."])
+def test_a_service_named_after_an_emergency_is_not_the_emergency(text):
+    assert matched(text, "cord-compression") is None
+
+
 # ---------------------------------------------------------------------------- checklists
 
 
