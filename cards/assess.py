@@ -48,6 +48,7 @@ class Assessment:
     probability: float | None = None  # estimated chance the back pain is due to cancer
     probability_left_out: list[str] = field(default_factory=list)  # tier-setting flags without a likelihood ratio
     unavailable: list[str] = field(default_factory=list)
+    notes_unread: list[str] = field(default_factory=list)  # named on the card; never a card of its own
     older_labs: list[Evidence] = field(default_factory=list)  # abnormal, too old to set a flag
 
     @property
@@ -434,6 +435,7 @@ def assess(facts: Facts) -> Assessment:
     applicable = bool(facts.lbp) or bool(facts.orders)
     lbp_days = _days_ago(facts.lbp_onset, facts)
     result = Assessment(applicable=applicable, lbp_days=lbp_days, unavailable=list(facts.unavailable),
+                        notes_unread=list(facts.notes_unread),
                         lbp_evidence=[f.evidence for f in facts.lbp])
     if not applicable:
         return result

@@ -111,6 +111,11 @@ def _evidence_line(flag: RedFlag, today, items: int) -> str:
     return f"- **{flag.label}**{note}: " + "; ".join(shown) + (f"; +{more} more" if more > 0 else "")
 
 
+def _not_checked(assessment: Assessment) -> str:
+    """Data that could not be had, then notes that were not read; never cut from a card."""
+    return "**Not checked (data unavailable):** " + "; ".join([*assessment.unavailable, *assessment.notes_unread]) + "."
+
+
 def _why(assessment: Assessment) -> str:
     decisive = [assessment.flag(f) for f in assessment.decisive if assessment.flag(f)]
     if not decisive:
@@ -195,8 +200,8 @@ def detail_markdown(assessment: Assessment, plan: Plan, ratings: list[tuple[Imag
         probability = _probability(assessment)
         if probability:
             lines.append(probability)
-        if assessment.unavailable:
-            lines.append("**Not checked (data unavailable):** " + "; ".join(assessment.unavailable) + ".")
+        if assessment.unavailable or assessment.notes_unread:
+            lines.append(_not_checked(assessment))
         lines.append(f"_Sources: {sources}_")
         return "\n\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:])
 
@@ -258,11 +263,11 @@ def extension(assessment: Assessment, ratings: list[tuple[ImagingOrder, Rating]]
                      **({"date": ev.date.isoformat()} if ev.date else {}),
                      **({"value": ev.value} if ev.value else {})}
                     for flag in assessment.red_flags for ev in flag.evidence],
-        "dataComplete": not assessment.unavailable,
+        "dataComplete": not (assessment.unavailable or assessment.notes_unread),
         "rulesVersion": rules_version(),
     }
-    if assessment.unavailable:
-        ext["unavailable"] = list(assessment.unavailable)
+    if assessment.unavailable or assessment.notes_unread:
+        ext["unavailable"] = [*assessment.unavailable, *assessment.notes_unread]
     if assessment.lbp_days is not None:
         ext["lbpDays"] = assessment.lbp_days
     if assessment.lbp_evidence:
@@ -282,8 +287,8 @@ def follow_up_card(ctx: CardContext, assessment: Assessment, plan: Plan,
     worst = "not-appropriate" if any(r.pama_code == "not-appropriate" for _, r in ratings) else "appropriate"
     lines = _order_lines(ratings, plan)
     lines.append("The full advice for this patient and study was shown and accepted at order selection.")
-    if assessment.unavailable:
-        lines.append("**Not checked (data unavailable):** " + "; ".join(assessment.unavailable) + ".")
+    if assessment.unavailable or assessment.notes_unread:
+        lines.append(_not_checked(assessment))
     ext = extension(assessment, ratings)
     ext["followUp"] = True
     return {

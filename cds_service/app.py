@@ -49,15 +49,18 @@ def configure_logging(level: str) -> None:
 
 
 def warm_up() -> None:
-    """Load value sets, knowledge and the UCUM registry at start-up, not on a clinician's first call."""
+    """Load value sets, knowledge, the UCUM registry and the NLP pipeline at start-up, not on a
+    clinician's first call."""
     from cards.assess import knowledge
     from fhir_mappings.terminology import all_value_sets, value_set
+    from fhir_mappings.text import mentions
     from fhir_mappings.units import convert
 
     for name in all_value_sets():
         value_set(name)
     knowledge()
     convert(1.0, "g/dL", "g/L")
+    mentions("Denies saddle anaesthesia; new urinary retention.")
 
 
 def prepare_schema(store: Store, settings: Settings) -> None:

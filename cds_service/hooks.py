@@ -112,7 +112,8 @@ def call_service(service_id: str):
 
     client = current_app.extensions["lbp_fhir_client"]
     fetcher = partial(client.fetch_all, policy=policy, deadline=fetch_deadline(settings, started))
-    gathered = gather(body, metered(fetcher) if fhir_server else None)
+    gathered = gather(body, metered(fetcher) if fhir_server else None, max_notes=settings.max_notes,
+                      max_reports=settings.max_reports)
     context = body["context"]
     record = PatientRecord.from_resources(
         gathered.resources,
@@ -121,6 +122,10 @@ def call_service(service_id: str):
         encounter_id=context.get("encounterId"),
         patient_id=context["patientId"],
         unavailable=gathered.unavailable,
+        max_notes=settings.max_notes,
+        max_reports=settings.max_reports,
+        fhir_server=fhir_server,
+        binary_errors=gathered.binary_errors,
     )
     if record.patient is None:
         raise ServiceError(412, "required data is unavailable: the Patient in prefetch is not the patient in context",

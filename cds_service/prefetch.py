@@ -3,8 +3,8 @@
 A key that is absent was not provided (fetch it); a key present with null means "no data";
 an OperationOutcome in a slot is an error for that key (fetched again when a fhirServer is given);
 a searchset Bundle may be paginated (its next pages are fetched when a fhirServer is given).
-Medications a request, statement or administration refers to and that no search included are
-read one by one in a second round.
+In a second round, Medications a request, statement or administration refers to and that no search
+included, and the Binaries holding the text of the notes that will be read, are read one by one.
 """
 
 from __future__ import annotations
@@ -13,11 +13,16 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
+from fhir_mappings.notes import REPORT_CATEGORIES, binaries_to_fetch, categories, filled_kinds
+from fhir_mappings.record import subject_id
+
 from .errors import ServiceError
 from .fhir_client import under_base
 from .services import (
     KEY_DESCRIPTIONS,
     LEGACY_TEMPLATES,
+    NOTES_KEY,
+    REPORTS_KEY,
     REQUIRED_KEYS,
     UNCATEGORISED_KEY,
     fetch_queries,
@@ -31,6 +36,7 @@ class Gathered:
     resources: list[dict] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)  # for the card: what could not be checked
     sources: dict[str, str] = field(default_factory=dict)  # key -> "prefetch" | "fetched" | "null"
+    binary_errors: dict[str, str] = field(default_factory=dict)  # Binary id -> why it could not be read
 
 
 def _operation_outcome_text(outcome: dict) -> str:
@@ -105,14 +111,16 @@ def _expected_type(template: str) -> str:
     return template.split("?", 1)[0].split("/", 1)[0]
 
 
-def gather(body: dict, fetcher=None, today: date | None = None) -> Gathered:
+def gather(body: dict, fetcher=None, today: date | None = None, *, max_notes: int = 20,
+           max_reports: int = 10) -> Gathered:
     """Collect the patient's resources from prefetch, fetching what is missing.
 
     fetcher(base_url, queries: dict[key, query], token) -> dict[key, FetchResult]; None when the
     service cannot fetch (no fhirServer). Fetch mode sends the same searches as the prefetch
     templates, with date=ge for recent-only data (``today`` is the day of the request). Medications
-    referenced but not included are read in a second round with the same fetcher.
-    Raises ServiceError(412) when required data is unavailable.
+    referenced but not included, and the Binaries of the notes that will be read (at most
+    ``max_notes`` clinical notes and ``max_reports`` reports), are read in a second round with the
+    same fetcher. Raises ServiceError(412) when required data is unavailable.
     """
     today = today or datetime.now(UTC).date()
     context = body.get("context") or {}
@@ -137,7 +145,9 @@ def gather(body: dict, fetcher=None, today: date | None = None) -> Gathered:
                 failures[key] = f"{slot.unreadable} unreadable entr{'y' if slot.unreadable == 1 else 'ies'} skipped"
         if slot.status == "null":
             gathered.sources[key] = "null"
-        if slot.status == "paged":
+        if slot.status == "paged" and _enough_notes(key, slot.resources, fhir_server, max_notes, max_reports):
+            pass   # newest first: the later pages hold only notes older than the caps would read
+        elif slot.status == "paged":
             if fhir_server and slot.next_url and under_base(slot.next_url, fhir_server):
                 to_fetch[key] = slot.next_url  # the client fetches it and the pages after it
                 parts[key] = [key]
@@ -200,8 +210,15 @@ def gather(body: dict, fetcher=None, today: date | None = None) -> Gathered:
         raise ServiceError(412, "required data is unavailable: no Patient resource",
                            [{"field": "prefetch.patient", "reason": "no Patient resource"}])
     if fhir_server and fetcher is not None:
-        gathered.resources.extend(_referenced_medications(gathered.resources, fhir_server, token, fetcher))
+        _second_round(gathered, fhir_server, token, fetcher, max_notes, max_reports, context.get("patientId"))
     return gathered
+
+
+def _enough_notes(key: str, resources: list[dict], fhir_server: str | None, max_notes: int, max_reports: int) -> bool:
+    """A first page of notes (or reports) already holds as many readable ones as are read: its next
+    pages need not be fetched."""
+    kind = {NOTES_KEY: "note", REPORTS_KEY: "report"}.get(key)
+    return kind is not None and kind in filled_kinds(resources, fhir_server, max_notes, max_reports)
 
 
 def _fetch_failure(key: str, result) -> str:
@@ -227,10 +244,40 @@ def medication_id(reference, base_url: str | None = None) -> str | None:
     return ident if kind == "Medication" and ident and "/" not in ident else None
 
 
-def _referenced_medications(resources: list[dict], fhir_server: str, token, fetcher) -> list[dict]:
-    """Second round: read the server Medications that requests, statements and administrations refer
-    to and that their searches did not include. A Medication that cannot be read is left out; the
-    findings reader names the resource that refers to it as not read."""
+MAX_BINARY_READS = 30  # attachments read per call; the notes whose Binary is left out are named unread
+
+
+def _second_round(gathered: Gathered, fhir_server: str, token, fetcher, max_notes: int, max_reports: int,
+                  patient_id: str | None) -> None:
+    """Read, in one parallel round, the server Medications that requests, statements and administrations
+    refer to and that their searches did not include, and the Binaries holding the text of the notes
+    that will be read. A Medication that cannot be read is left out (the findings reader names the
+    resource that refers to it as not read); a Binary that cannot be read is left out with the reason
+    in ``binary_errors`` (the notes reader names the note as not read)."""
+    queries = {f"medication {i}": f"Medication/{m}"
+               for i, m in enumerate(_referenced_medications(gathered.resources, fhir_server))}
+    # Notes about another patient are never read (PatientRecord leaves them out): their Binaries neither.
+    own = [r for r in gathered.resources if subject_id(r) in (None, patient_id)]
+    binaries = binaries_to_fetch(own, fhir_server, max_notes, max_reports)
+    for ident in binaries[MAX_BINARY_READS:]:
+        gathered.binary_errors[ident] = f"more than {MAX_BINARY_READS} attachments to fetch in one call"
+    wanted = {f"binary {i}": ident for i, ident in enumerate(binaries[:MAX_BINARY_READS])}
+    queries.update({key: f"Binary/{ident}" for key, ident in wanted.items()})
+    if not queries:
+        return
+    results = fetcher(fhir_server, queries, token)
+    for key in queries:
+        result = results.get(key)
+        expected = "Binary" if key in wanted else "Medication"
+        if (result is not None and result.ok and isinstance(result.resource, dict)
+                and result.resource.get("resourceType") == expected):
+            gathered.resources.append(result.resource)
+        elif key in wanted:
+            gathered.binary_errors[wanted[key]] = (result.error if result is not None else None) or "not fetched"
+
+
+def _referenced_medications(resources: list[dict], fhir_server: str) -> list[str]:
+    """Ids of the server Medications referred to and not included (at most MAX_MEDICATION_READS)."""
     have = {r.get("id") for r in resources if r.get("resourceType") == "Medication"}
     wanted: list[str] = []
     for resource in resources:
@@ -240,13 +287,7 @@ def _referenced_medications(resources: list[dict], fhir_server: str, token, fetc
         ident = medication_id(ref.get("reference") if isinstance(ref, dict) else None, fhir_server)
         if ident and ident not in have and ident not in wanted and _SAFE_ID.match(ident):
             wanted.append(ident)
-    wanted = wanted[:MAX_MEDICATION_READS]
-    if not wanted:
-        return []
-    results = fetcher(fhir_server, {f"medication {i}": f"Medication/{m}" for i, m in enumerate(wanted)}, token)
-    return [r.resource for r in results.values()
-            if r is not None and r.ok and isinstance(r.resource, dict)
-            and r.resource.get("resourceType") == "Medication"]
+    return wanted[:MAX_MEDICATION_READS]
 
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # a FHIR id
@@ -257,7 +298,9 @@ def prefetch_for(resources: list[dict]) -> dict:
 
     Observations go to the key of each of their categories, and every Observation to the search
     without category; Medications a request, statement or administration refers to are included
-    in that key's Bundle (``_include``), as a server would.
+    in that key's Bundle (``_include``), as a server would. DocumentReferences in the clinical-note
+    category and DiagnosticReports in a category the reports search names go to those keys, newest
+    first; Binaries are never prefetched (no template can ask for them).
     """
     keys = {"Condition": "conditions", "Encounter": "encounters", "Procedure": "procedures",
             "MedicationRequest": "medications", "MedicationStatement": "medicationStatements",
@@ -279,14 +322,25 @@ def prefetch_for(resources: list[dict]) -> dict:
         elif rtype == "ServiceRequest" and resource.get("status") == "active":
             bundles["activeServiceRequests"].append((resource, "match"))
         elif rtype == "Observation":
-            categories = {c.get("code") for cat in resource.get("category") or [] if isinstance(cat, dict)
-                          for c in cat.get("coding") or [] if isinstance(c, dict)}
-            for category in sorted(categories & set(category_keys)):
+            for category in sorted({code for _, code in categories(resource)} & set(category_keys)):
                 bundles[category_keys[category]].append((resource, "match"))
             bundles[UNCATEGORISED_KEY].append((resource, "match"))
+        elif rtype == "DocumentReference" and "clinical-note" in {code for _, code in categories(resource)}:
+            bundles[NOTES_KEY].append((resource, "match"))
+        elif rtype == "DiagnosticReport" and categories(resource) & set(REPORT_CATEGORIES):
+            bundles[REPORTS_KEY].append((resource, "match"))
+    for key in (NOTES_KEY, REPORTS_KEY):   # _sort=-date
+        bundles[key].sort(key=lambda item: _note_date(item[0]), reverse=True)
     for key, items in bundles.items():
         out[key] = {"resourceType": "Bundle", "type": "searchset",
                     "total": sum(1 for _, mode in items if mode == "match"),
                     "entry": [{"fullUrl": f"{r['resourceType']}/{r.get('id')}", "resource": r,
                                "search": {"mode": mode}} for r, mode in items]}
     return out
+
+
+def _note_date(resource: dict) -> str:
+    """What a server sorts a note search by (DocumentReference.date, DiagnosticReport.effective[x])."""
+    period = resource.get("effectivePeriod") if isinstance(resource.get("effectivePeriod"), dict) else {}
+    value = resource.get("date") or resource.get("effectiveDateTime") or period.get("start")
+    return value if isinstance(value, str) else ""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache
 
+from fhir_mappings.notes import REPORT_CATEGORIES
 from fhir_mappings.record import OBSERVATION_CATEGORIES, RECENT_OBSERVATION_DAYS, UNWINDOWED_CATEGORIES
 
 # Prefetch keys the clinical core reads. Patient and Conditions are required: without them
@@ -14,12 +15,19 @@ from fhir_mappings.record import OBSERVATION_CATEGORIES, RECENT_OBSERVATION_DAYS
 REQUIRED_KEYS = ("patient", "conditions")
 
 PAGE_SIZE = 100  # _count of every search template; fetch mode uses the client's configured page size
+NOTES_PAGE_SIZE = 50  # _count of the notes and reports templates: newest first, more than the caps read
 # Every intent of MedicationRequest: US Core's mandatory search is patient+intent.
 MEDICATION_REQUEST_INTENTS = "proposal,plan,order,original-order,reflex-order,filler-order,instance-order,option"
 _PATIENT = "patient={{context.patientId}}"
 _OBSERVATION_KEYS = {"labs": "laboratory", "vitalSigns": "vital-signs", "socialHistory": "social-history",
                      "survey": "survey", "examObservations": "exam"}
 assert set(_OBSERVATION_KEYS.values()) == set(OBSERVATION_CATEGORIES)
+# Clinical notes (US Core DocumentReference category clinical-note) and imaging and pathology reports
+# (the DiagnosticReport categories fhir_mappings.notes reads), newest first. No date window in either
+# mode: a cancer history may be in an old note.
+NOTES_KEY = "clinicalNotes"
+REPORTS_KEY = "diagnosticReports"
+REPORT_CATEGORY_SEARCH = ",".join(f"{system}|{code}" for system, code in REPORT_CATEGORIES)
 # Observations with no category (a symptom typed into a flowsheet) can only be found by a search on
 # the patient alone, which US Core does not require and several servers refuse (400/403): it goes
 # last, and a refusal is reported as "not checked", never as a failure of the call.
@@ -60,6 +68,9 @@ def prefetch_templates() -> dict[str, str]:
                                  f"&_count={PAGE_SIZE}"),
         "medicationAdministrations": (f"MedicationAdministration?{_PATIENT}"
                                       f"&_include=MedicationAdministration:medication&_count={PAGE_SIZE}"),
+        NOTES_KEY: f"DocumentReference?{_PATIENT}&category=clinical-note&_sort=-date&_count={NOTES_PAGE_SIZE}",
+        REPORTS_KEY: (f"DiagnosticReport?{_PATIENT}&category={REPORT_CATEGORY_SEARCH}"
+                      f"&_sort=-date&_count={NOTES_PAGE_SIZE}"),
         UNCATEGORISED_KEY: f"Observation?{_PATIENT}&_sort=-date&_count={PAGE_SIZE}",
     })
     return templates
@@ -122,17 +133,21 @@ KEY_DESCRIPTIONS = {
     "medicationAdministrations": "medication administrations (e.g. chemotherapy infusions)",
     UNCATEGORISED_KEY: "observations without a category (e.g. symptoms typed into a flowsheet)",
     "activeServiceRequests": "active orders (labs already ordered are not suggested again)",
+    NOTES_KEY: "clinical notes",
+    REPORTS_KEY: "imaging and pathology reports",
 }
 
 RESOURCE_TYPES_READ = ("Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
-                       "MedicationStatement", "MedicationAdministration", "Medication", "ServiceRequest")
+                       "MedicationStatement", "MedicationAdministration", "Medication", "ServiceRequest",
+                       "DocumentReference", "DiagnosticReport", "Binary")
 SCOPES = " ".join(f"patient/{t}.read" for t in RESOURCE_TYPES_READ)
 USAGE = (
     "When prefetch is incomplete the service reads the missing data from fhirServer with the "
     "fhirAuthorization token; it needs SMART scopes "
     + SCOPES
     + " (or the user/ equivalents; patient/*.rs in SMART v2). Medications referenced by a request, "
-    "statement or administration and not included in its search are read as Medication/<id>. "
+    "statement or administration and not included in its search are read as Medication/<id>; the "
+    "text of a clinical note or report kept as a Binary on fhirServer is read as Binary/<id>. "
     "Patient and Conditions are required; without them the service answers 412."
 )
 

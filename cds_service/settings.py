@@ -87,6 +87,8 @@ class Settings:
     fhir_page_size: int = 200
     fhir_max_retries: int = 2
     fhir_max_workers: int = 8
+    max_notes: int = 20    # clinical notes read per call, newest first
+    max_reports: int = 10  # imaging and pathology reports read per call, newest first
     terminology_server: str = ""
     terminology_timeout: float = 2.0
     terminology_cache_size: int = 20000
@@ -282,7 +284,8 @@ def _check(settings: Settings) -> None:
                  "max_json_depth", "max_bundle_entries", "max_draft_orders", "max_string_length"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting '{name}': must be at least 1")
-    for name in ("fhir_max_retries", "rate_limit_per_minute", "snooze_days", "retention_days", "graceful_timeout"):
+    for name in ("fhir_max_retries", "rate_limit_per_minute", "snooze_days", "retention_days", "graceful_timeout",
+                 "max_notes", "max_reports"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"setting '{name}': must be zero or more")
     if settings.auth.leeway_seconds < 0:

@@ -125,6 +125,7 @@ class Facts:
     lbp_encounters: list[Finding] = field(default_factory=list)  # encounters for LBP (not the current one)
     orders: list = field(default_factory=list)  # fhir_mappings.orders.ImagingOrder, filled by the caller
     unavailable: list[str] = field(default_factory=list)
+    notes_unread: list[str] = field(default_factory=list)  # notes or reports not read (cap, format, fetch)
     patient_reference: str | None = None
 
     def having(self, *concepts: str) -> list[Finding]:
@@ -893,10 +894,12 @@ def _notes_findings(record: PatientRecord, facts: Facts) -> None:
     """Findings written in clinical notes and imaging/pathology reports (issue 12), each dated by its note.
 
     Notes of the current episode or the last 90 days give every flag; older or undated ones (still
-    within the caps) only cancer history. What could not be read is named on the card.
+    within the caps) only cancer history. What could not be read is named on any card shown, but,
+    unlike missing coded data, never makes a card of its own: most records hold a scan or more notes
+    than the cap, and a card for that on every back-pain visit would be noise.
     """
     read = read_notes(record)
-    facts.unavailable.extend(read.unread)
+    facts.notes_unread.extend(read.unread)
     since = facts.today - timedelta(days=NOTE_WINDOW_DAYS)
     if facts.lbp_onset is not None and facts.lbp_onset < since:
         since = facts.lbp_onset

@@ -18,16 +18,18 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.message import Message
-from html.parser import HTMLParser
 from urllib.parse import urlsplit
+
+import lxml.etree
+import lxml.html
 
 from .record import PatientRecord
 
 LOINC = "http://loinc.org"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
-# DiagnosticReport categories read as text: US Core radiology and pathology, and the v2 diagnostic
-# service sections for radiology, pathology and surgical pathology. Other categories (laboratory) are not.
-REPORT_CATEGORIES = {(LOINC, "LP29684-5"), (LOINC, "LP7839-6"), (V2_0074, "RAD"), (V2_0074, "PAT"), (V2_0074, "SP")}
+# DiagnosticReport categories read as text (and searched for): US Core radiology and pathology, and the
+# v2 diagnostic service sections for radiology, pathology and surgical pathology. Not laboratory.
+REPORT_CATEGORIES = ((LOINC, "LP29684-5"), (LOINC, "LP7839-6"), (V2_0074, "RAD"), (V2_0074, "PAT"), (V2_0074, "SP"))
 # A DocumentReference is a report (not a clinical note) when typed or categorised as one.
 REPORT_DOCUMENT_TYPES = {"18748-4", "11526-1", "18726-0"}   # diagnostic imaging, pathology, radiology studies
 REPORT_DOCUMENT_CATEGORIES = {"LP29684-5", "LP7839-6"}
@@ -97,21 +99,24 @@ def _select(resources: list[dict], fhir_server: str | None, max_notes: int, max_
     scans must not crowd out notes that can be read. It is listed while it is newer than the last
     note read (at most `cap` of them; more are counted).
     """
-    binaries = {r.get("id") for r in resources if r.get("resourceType") == "Binary"}
+    binaries = _binary_ids(resources)
     replaced = _replaced_documents(resources)
-    candidates = []
+    candidates: dict[str, _Candidate] = {}   # by reference: a note both prefetched and fetched counts once
     for resource in resources:
         rtype = resource.get("resourceType")
+        if _reference(resource) in candidates:
+            continue
         if rtype == "DocumentReference" and _document_eligible(resource, replaced):
-            candidates.append(_document(resource, fhir_server, binaries))
+            candidates[_reference(resource)] = _document(resource, fhir_server, binaries)
         elif rtype == "DiagnosticReport" and _report_eligible(resource):
-            candidates.append(_report(resource, fhir_server, binaries))
-    candidates.sort(key=lambda c: (c.moment is not None, c.moment or _UNDATED, c.reference), reverse=True)
+            candidates[_reference(resource)] = _report(resource, fhir_server, binaries)
+    ordered = sorted(candidates.values(), key=lambda c: (c.moment is not None, c.moment or _UNDATED, c.reference),
+                     reverse=True)
     caps = {"note": max_notes, "report": max_reports}
     selection = _Selection([], [], {"note": 0, "report": 0}, {"note": 0, "report": 0})
     chosen = {"note": 0, "report": 0}
     listed = {"note": 0, "report": 0}
-    for candidate in candidates:
+    for candidate in ordered:
         kind = candidate.kind
         if chosen[kind] >= caps[kind]:
             selection.dropped[kind] += 1
@@ -126,9 +131,20 @@ def _select(resources: list[dict], fhir_server: str | None, max_notes: int, max_
     return selection
 
 
+def _binary_ids(resources: list[dict]) -> set[str]:
+    return {r["id"] for r in resources if r.get("resourceType") == "Binary" and isinstance(r.get("id"), str)}
+
+
 def _codings(concept) -> list[dict]:
     codings = concept.get("coding") if isinstance(concept, dict) else None
     return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
+
+
+def categories(resource: dict) -> set[tuple[str | None, str]]:
+    """(system, code) of every coding of a resource's category (a list, as in DocumentReference and
+    DiagnosticReport)."""
+    return {(c.get("system") if isinstance(c.get("system"), str) else None, c["code"])
+            for cat in _concepts(resource.get("category")) for c in _codings(cat) if isinstance(c.get("code"), str)}
 
 
 def _concepts(value) -> list:
@@ -142,31 +158,33 @@ def _replaced_documents(resources: list[dict]) -> set[str]:
         if resource.get("resourceType") != "DocumentReference" or resource.get("status") == "entered-in-error":
             continue
         for relation in _concepts(resource.get("relatesTo")):
-            target = relation.get("target") if isinstance(relation, dict) else None
+            if not isinstance(relation, dict) or relation.get("code") != "replaces":
+                continue
+            target = relation.get("target")
             ref = target.get("reference") if isinstance(target, dict) else None
-            if relation.get("code") == "replaces" and isinstance(ref, str) and "DocumentReference/" in ref:
+            if isinstance(ref, str) and "DocumentReference/" in ref:
                 replaced.add(ref.rsplit("DocumentReference/", 1)[1].split("/", 1)[0])
     return replaced
 
 
 def _document_eligible(resource: dict, replaced: set[str]) -> bool:
+    ident = resource.get("id")
     return (resource.get("status") == "current"
             and resource.get("docStatus", "final") in ("final", "amended")
-            and resource.get("id") not in replaced)
+            and not (isinstance(ident, str) and ident in replaced))
 
 
 def _report_eligible(resource: dict) -> bool:
-    categories = {(c.get("system"), c.get("code")) for cat in _concepts(resource.get("category"))
-                  for c in _codings(cat)}
-    return (bool(categories & REPORT_CATEGORIES)
-            and resource.get("status") in REPORT_STATUSES | {"preliminary"})
+    status = resource.get("status")
+    return (bool(categories(resource) & set(REPORT_CATEGORIES))
+            and isinstance(status, str) and status in REPORT_STATUSES | {"preliminary"})
 
 
 def _document_kind(resource: dict) -> str:
-    types = {c.get("code") for c in _codings(resource.get("type")) if c.get("system") == LOINC}
-    categories = {c.get("code") for cat in _concepts(resource.get("category")) for c in _codings(cat)
-                  if c.get("system") == LOINC}
-    return "report" if types & REPORT_DOCUMENT_TYPES or categories & REPORT_DOCUMENT_CATEGORIES else "note"
+    types = {c.get("code") for c in _codings(resource.get("type"))
+             if c.get("system") == LOINC and isinstance(c.get("code"), str)}
+    loinc_categories = {code for system, code in categories(resource) if system == LOINC}
+    return "report" if types & REPORT_DOCUMENT_TYPES or loinc_categories & REPORT_DOCUMENT_CATEGORIES else "note"
 
 
 def _title(*texts, fallback: str) -> str:
@@ -281,12 +299,19 @@ def _under(url: str, base: str) -> bool:
 
 def binaries_to_fetch(resources: list[dict], fhir_server: str, max_notes: int, max_reports: int) -> list[str]:
     """Ids of the server Binaries the notes that will be read need, newest note first; none already held."""
-    have = {r.get("id") for r in resources if r.get("resourceType") == "Binary"}
+    have = _binary_ids(resources)
     wanted: list[str] = []
     for candidate in _select(resources, fhir_server, max_notes, max_reports).chosen:
         if candidate.binary_id and candidate.binary_id not in have and candidate.binary_id not in wanted:
             wanted.append(candidate.binary_id)
     return wanted
+
+
+def filled_kinds(resources: list[dict], fhir_server: str | None, max_notes: int, max_reports: int) -> set[str]:
+    """The kinds ("note", "report") of which these resources already hold as many readable ones as are read."""
+    selection = _select(resources, fhir_server, max_notes, max_reports)
+    caps = {"note": max_notes, "report": max_reports}
+    return {kind for kind, cap in caps.items() if sum(c.kind == kind for c in selection.chosen) >= cap}
 
 
 # ---------------------------------------------------------------------------- reading
@@ -297,7 +322,7 @@ def read_notes(record: PatientRecord) -> NotesRead:
     and a line for each one that could not be read."""
     resources = [r for rtype in ("DocumentReference", "DiagnosticReport", "Binary") for r in record.of_type(rtype)]
     selection = _select(resources, record.fhir_server, record.max_notes, record.max_reports)
-    binaries = {r.get("id"): r for r in record.of_type("Binary")}
+    binaries = {r["id"]: r for r in record.of_type("Binary") if isinstance(r.get("id"), str)}
     notes: list[Note] = []
     unread: list[str] = []
     for candidate in selection.unreadable:
@@ -364,7 +389,7 @@ def decode_attachment(data: str, content_type) -> tuple[str, str | None]:
     charset = _charset(content_type) or "utf-8"
     try:
         text = raw.decode(charset, errors="replace")
-    except LookupError:
+    except (LookupError, ValueError):
         text = raw.decode("utf-8", errors="replace")
     text = html_text(text) if media_type != "text/plain" else text.replace("\r\n", "\n").replace("\r", "\n")
     return text, f"read in part (first {MAX_TEXT_CHARS:,} characters)" if cut else None
@@ -379,8 +404,11 @@ def _parsed_type(content_type) -> Message | None:
 
 
 def _media_type(content_type) -> str | None:
-    message = _parsed_type(content_type)
-    return message.get_content_type() if message is not None else None
+    """"text/html" of "text/html; charset=UTF-8"; None when not stated. (Not email's get_content_type,
+    which reads a malformed type as text/plain: a PDF must never be read as text.)"""
+    if not isinstance(content_type, str) or not content_type.split(";", 1)[0].strip():
+        return None
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def _charset(content_type) -> str | None:
@@ -392,53 +420,61 @@ def _charset(content_type) -> str | None:
 # ---------------------------------------------------------------------------- markup
 
 
-class _TextOfHtml(HTMLParser):
-    """Text of an HTML document: block elements become line breaks, script and style are dropped."""
+# Elements whose start and end are line breaks (the sentence splitter then sees a list item, a table row
+# or a heading on its own), table cells (a space), and elements whose text is not the note's.
+BLOCK_ELEMENTS = frozenset({"p", "br", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table",
+                            "section", "article", "header", "footer", "blockquote", "pre", "dt", "dd", "hr",
+                            "caption", "title", "body"})
+VOID_ELEMENTS = frozenset({"br", "hr"})   # one line break, not two
+CELL_ELEMENTS = frozenset({"td", "th"})
+DROPPED_ELEMENTS = frozenset({"script", "style", "head", "template"})
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 
-    BLOCKS = frozenset({"p", "br", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table",
-                        "section", "article", "header", "footer", "blockquote", "pre", "dt", "dd", "hr",
-                        "caption", "title", "body"})
-    CELLS = frozenset({"td", "th"})
-    DROPPED = frozenset({"script", "style", "head"})
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.dropping = 0
-        self.preformatted = 0
-
-    def handle_starttag(self, tag: str, attrs) -> None:
-        if tag in self.DROPPED:
-            self.dropping += 1
-        elif tag in self.BLOCKS:
-            self.preformatted += tag == "pre"
-            self.parts.append("\n")
-        elif tag in self.CELLS:
-            self.parts.append(" ")
-
-    def handle_startendtag(self, tag: str, attrs) -> None:
-        if tag in self.BLOCKS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.DROPPED:
-            self.dropping = max(0, self.dropping - 1)
-        elif tag in self.BLOCKS:
-            self.preformatted = max(0, self.preformatted - (tag == "pre"))
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self.dropping:
-            # Line breaks in markup are spaces, except inside <pre>.
-            self.parts.append(data if self.preformatted else re.sub(r"\s+", " ", data))
+def _flowed(text: str) -> str:
+    """A line break in markup is a space (runs of spaces are collapsed line by line afterwards)."""
+    return text.replace("\r", " ").replace("\n", " ")
 
 
 def html_text(markup: str) -> str:
-    """Plain text of HTML or XHTML markup, one line per block, blank lines collapsed."""
-    parser = _TextOfHtml()
-    parser.feed(markup)
-    parser.close()
-    lines = (" ".join(line.split()) for line in "".join(parser.parts).split("\n"))
+    """Plain text of HTML or XHTML markup, one line per block, blank lines collapsed.
+
+    Parsed by lxml (libxml2's HTML parser, forgiving of broken markup, about ten times faster than
+    the standard library's parser on a note); line breaks in the markup are spaces except in <pre>.
+    """
+    if markup.lstrip()[:5] == "<?xml":   # lxml refuses a str with an encoding declaration
+        markup = _XML_DECLARATION.sub("", markup, count=1)
+    if not markup.strip():
+        return ""
+    try:
+        root = lxml.html.document_fromstring(markup)
+    except (lxml.etree.ParserError, ValueError):
+        return ""
+    parts: list[str] = []
+    dropped = preformatted = 0
+    for event, element in lxml.etree.iterwalk(root, events=("start", "end", "comment", "pi")):
+        if event in ("comment", "pi"):   # not text, but the text after it is
+            if not dropped and element.tail:
+                parts.append(element.tail if preformatted else _flowed(element.tail))
+            continue
+        tag = element.tag.rsplit("}", 1)[-1].lower() if isinstance(element.tag, str) else ""
+        if event == "start":
+            dropped += tag in DROPPED_ELEMENTS
+            if dropped:
+                continue
+            preformatted += tag == "pre"
+            parts.append("\n" if tag in BLOCK_ELEMENTS else " " if tag in CELL_ELEMENTS else "")
+            if element.text:
+                parts.append(element.text if preformatted else _flowed(element.text))
+            continue
+        if tag in DROPPED_ELEMENTS:
+            dropped -= 1
+        elif not dropped:
+            parts.append("\n" if tag in BLOCK_ELEMENTS and tag not in VOID_ELEMENTS else "")
+            preformatted -= tag == "pre"
+        if not dropped and element.tail:
+            parts.append(element.tail if preformatted else _flowed(element.tail))
+    lines = (" ".join(line.split()) for line in "".join(parts).split("\n"))
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 

@@ -64,7 +64,7 @@ class PatientRecord:
                 continue
             if rtype not in RESOURCE_TYPES:
                 continue
-            if patient_id is not None and _subject_id(resource) not in (None, patient_id):
+            if patient_id is not None and subject_id(resource) not in (None, patient_id):
                 foreign += 1
                 continue
             rid = resource.get("id")
@@ -80,7 +80,7 @@ class PatientRecord:
         return record
 
 
-def _subject_id(resource: dict) -> str | None:
+def subject_id(resource: dict) -> str | None:
     """The Patient id a resource is about, from subject (or patient), or None when it does not say."""
     ref = resource.get("subject") or resource.get("patient")
     ref = ref.get("reference") if isinstance(ref, dict) else None

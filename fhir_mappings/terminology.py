@@ -314,8 +314,12 @@ class ValueSet:
         return found
 
 
+CLAUSE_REACH = 200  # a clause is looked for this far either side of a mention, not across a whole note
+
+
 def _clause(text: str, start: int, end: int) -> str:
-    return CLAUSE_BREAK.split(text[:start])[-1] + text[start:end] + CLAUSE_BREAK.split(text[end:])[0]
+    before, after = text[max(start - CLAUSE_REACH, 0):start], text[end:end + CLAUSE_REACH]
+    return CLAUSE_BREAK.split(before)[-1] + text[start:end] + CLAUSE_BREAK.split(after)[0]
 
 
 @cache

@@ -14,13 +14,11 @@ are cached by a hash of the text, never by a resource id (ids repeat across EHRs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -53,34 +51,76 @@ def any_of(values) -> re.Pattern | None:
 SHORT_TEXT = 512  # texts up to this length (displays, short notes) are memoised in the large cache
 SHORT_TEXTS_CACHED = 8192
 LONG_TEXTS_CACHED = 256  # long notes: a patient's notes, each read by every value set within one request
+WORDS_CACHED = 65536  # distinct words seen in texts, each with the lists that can start at it
+
+
+_RUN = re.compile(r"[a-z0-9]+")
+_WORD_START_CHAR = re.compile(r"(?<![a-z0-9])[a-z0-9]")
 
 
 class Vocabularies:
-    """Several named phrase lists behind ONE compiled pattern, run once per distinct text.
+    """Several named phrase lists, read together once per distinct text.
 
-    The union pattern finds every position where a phrase of any list starts (a lookahead, so
-    overlapping phrases of different lists are all seen); only there is each list's own pattern
-    tried, and its non-overlapping hits are read off in order, exactly as that list's own
-    ``finditer`` would give them. Texts are memoised in bounded LRU caches keyed on the text.
+    A first-word index says which lists can start at each word of the text (a set lookup per word,
+    never a regex over every position); only there is each list's own pattern tried, and its
+    non-overlapping hits are read off in order, exactly as that list's own ``finditer`` would give
+    them. Texts are memoised in bounded LRU caches keyed on the text.
     """
 
     def __init__(self, vocabularies: Mapping[str, list[str]]):
         self.patterns = {key: any_of(values) for key, values in vocabularies.items() if phrases(values)}
-        bodies = [phrase_pattern(p).removeprefix(_WORD_START)
-                  for values in vocabularies.values() for p in phrases(values)]
-        # The shared word-start guard is factored out, so each alternative starts with a literal
-        # the regex engine can skip on at once.
-        self.union = re.compile(_WORD_START + "(?=" + "|".join(bodies) + ")") if bodies else None
+        self._exact: dict[str, set[str]] = {}  # a phrase's first word -> the lists holding it
+        self._stems: dict[str, list[tuple[str, str]]] = {}  # first letter -> (word stem*, list)
+        self._inner: list[tuple[str, str]] = []  # "*fragment" words (any word beginning): (fragment, list)
+        self._punctuated: dict[str, set[str]] = {}  # a phrase starting with a sign ("?", "#"): sign -> lists
+        for key, values in vocabularies.items():
+            for phrase in phrases(values):
+                self._index(phrase.strip().lower(), key)
+        self._lists_for = lru_cache(maxsize=WORDS_CACHED)(self._word_lists)
         self._short = lru_cache(maxsize=SHORT_TEXTS_CACHED)(self._analyse)
         self._long = lru_cache(maxsize=LONG_TEXTS_CACHED)(self._analyse)
+
+    def _index(self, phrase: str, key: str) -> None:
+        words = [w for w in re.split(r"[\s\-]+", phrase.strip("*")) if w]
+        if not words:
+            return
+        first = words[0]
+        run = _RUN.match(first)
+        if run is None:
+            self._punctuated.setdefault(first[0], set()).add(key)
+        elif phrase.startswith("*"):
+            self._inner.append((run.group(), key))
+        elif len(words) == 1 and phrase.endswith("*"):
+            self._stems.setdefault(run.group()[0], []).append((run.group(), key))
+        else:
+            self._exact.setdefault(run.group(), set()).add(key)
 
     def hits(self, text: str) -> TextHits:
         return (self._short if len(text) <= SHORT_TEXT else self._long)(text)
 
+    def _word_lists(self, word: str) -> frozenset[str]:
+        """The lists a phrase of which can start with this word (memoised: words repeat)."""
+        keys = set(self._exact.get(word, ()))
+        keys.update(k for stem, k in self._stems.get(word[0], ()) if word.startswith(stem))
+        keys.update(k for fragment, k in self._inner if fragment in word)
+        return frozenset(keys)
+
     def _analyse(self, text: str) -> TextHits:
         lowered = text.lower()
-        starts = [m.start() for m in self.union.finditer(lowered)] if self.union is not None else []
-        return TextHits(self, text, lowered, starts)
+        candidates: dict[int, set[str]] = {}
+        lists_for = self._lists_for
+        for start in _WORD_START_CHAR.finditer(lowered):
+            at = start.start()
+            keys = lists_for(_RUN.match(lowered, at).group())
+            if keys:
+                candidates[at] = set(keys)
+        for sign, keys in self._punctuated.items():
+            at = lowered.find(sign)
+            while at >= 0:
+                if at == 0 or not lowered[at - 1].isalnum():
+                    candidates.setdefault(at, set()).update(keys)
+                at = lowered.find(sign, at + 1)
+        return TextHits(self, text, lowered, dict(sorted(candidates.items())))
 
 
 class TextHits:
@@ -89,7 +129,7 @@ class TextHits:
 
     __slots__ = ("_vocabularies", "text", "lowered", "_starts", "_hits", "verdicts", "_mentions")
 
-    def __init__(self, vocabularies: Vocabularies, text: str, lowered: str, starts: list[int]):
+    def __init__(self, vocabularies: Vocabularies, text: str, lowered: str, starts: dict[int, set[str]]):
         self._vocabularies = vocabularies
         self.text, self.lowered, self._starts = text, lowered, starts
         self._hits: dict[str, list[tuple[int, int]]] = {}
@@ -102,10 +142,10 @@ class TextHits:
         if found is None:
             found = []
             pattern = self._vocabularies.patterns.get(key)
-            if pattern is not None and self._starts:
+            if pattern is not None:
                 cursor = 0
-                for start in self._starts:
-                    if start < cursor:
+                for start, keys in self._starts.items():
+                    if start < cursor or key not in keys:
                         continue
                     hit = pattern.match(self.lowered, start)
                     if hit is not None:
@@ -117,8 +157,8 @@ class TextHits:
     def mention(self, key: str, start: int, end: int) -> Mention:
         """The reading of the hit (start, end) of vocabulary `key` ("<value set>#synonyms")."""
         if self._mentions is None:
-            targets = [(s, e, k) for k in self._vocabularies.patterns if k.endswith(("#synonyms", "#fallback"))
-                       for s, e in self.of(k)]
+            keys = {k for ks in self._starts.values() for k in ks if k.endswith(("#synonyms", "#fallback"))}
+            targets = [(s, e, k) for k in sorted(keys) for s, e in self.of(k)]
             self._mentions = {(m.value_set, m.start, m.end): m for m in read_context(self.text, targets)}
         found = self._mentions.get((key.split("#")[0], start, end))
         return found if found is not None else Mention(key.split("#")[0], start, end, self.text[start:end], start)
@@ -198,124 +238,91 @@ def _segments(text: str) -> list[tuple[int, int]]:
     return [(a, b) for a, b in split if text[a:b].strip()]
 
 
-def _excerpt(text: str, targets: list[tuple[int, int, str]]) -> list[tuple[int, int]]:
-    """The pieces of the text to parse: the segments holding a target, each with the section
-    headings before it (so the sectionizer still knows the section), in order."""
-    segments = _segments(text)
-    pieces: list[tuple[int, int]] = []
+@dataclass(frozen=True)
+class _Piece:
+    start: int
+    end: int
+    heading: str  # the nearest heading line before it ("" when none): the sectionizer reads the section from it
+
+
+def _pieces(text: str, targets: list[tuple[int, int, str]]) -> list[_Piece]:
+    """The segments holding a target (a target across two segments joins them), each with the nearest
+    heading before it: a section's meaning lasts until the next heading of any kind, known to the
+    sectionizer or not ("Neuro: new saddle numbness" after a past-history block is not history)."""
     wanted = sorted((s, e) for s, e, _ in targets)
-    i = 0
-    for a, b in segments:
-        holds = False
+    pieces: list[_Piece] = []
+    heading, i = "", 0
+    for a, b in _segments(text):
+        holds, reach = False, b
         while i < len(wanted) and wanted[i][0] < b:
             holds = holds or wanted[i][1] > a
+            reach = max(reach, wanted[i][1])
             i += 1
         if holds:
-            if pieces and pieces[-1][1] >= a:
-                pieces[-1] = (pieces[-1][0], max(b, pieces[-1][1]))  # a target across two segments
+            if pieces and pieces[-1].end >= a:
+                pieces[-1] = _Piece(pieces[-1].start, max(reach, pieces[-1].end), pieces[-1].heading)
             else:
-                pieces.append((a, b))
-            # a target running past this segment's end keeps it joined with the next
-            if i and wanted[i - 1][1] > b:
-                pieces[-1] = (pieces[-1][0], wanted[i - 1][1])
-            continue
-        heading = _HEADING.match(text, a, b)
-        if heading is not None and len(heading.group(1).split()) <= 6:
-            pieces.append((a + heading.start(1), a + heading.end(1)))
+                pieces.append(_Piece(a, reach, heading))
+        found = _HEADING.match(text, a, b)
+        if found is not None and len(found.group(1).split()) <= 6:
+            heading = found.group(1)
         elif _SHOUTED.match(text, a, b):
-            pieces.append((a, b))
-    merged: list[tuple[int, int]] = []
-    for a, b in sorted(pieces):
-        if merged and a < merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
-        else:
-            merged.append((a, b))
-    return merged
+            heading = text[a:b].strip()
+    return pieces
 
 
 _lock = threading.Lock()
-READINGS_CACHED = 4096
-_readings: OrderedDict[str, tuple[Mention, ...]] = OrderedDict()
+PIECES_CACHED = 16384
 
 
 def read_context(text: str, targets: list[tuple[int, int, str]]) -> tuple[Mention, ...]:
     """The mentions of ``targets`` ((start, end, vocabulary key) in ``text``) with their modifiers.
 
-    Cached by a hash of the text and its targets; only the pieces of the text holding a target are parsed.
+    Only the pieces of the text holding a target are parsed, each once: readings are cached by the
+    piece's text, its heading and its targets (templated sentences repeat across a patient's notes).
     """
-    if not targets:
-        return ()
-    key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest() + hashlib.sha256(
-        repr(sorted(targets)).encode()).hexdigest()[:16]
-    with _lock:
-        found = _readings.get(key)
-        if found is not None:
-            _readings.move_to_end(key)
-            return found
-        found = _parse(text, targets)
-        _readings[key] = found
-        if len(_readings) > READINGS_CACHED:
-            _readings.popitem(last=False)
-    return found
+    out: list[Mention] = []
+    for piece in _pieces(text, targets):
+        inside = tuple(sorted((s - piece.start, e - piece.start, k.split("#")[0]) for s, e, k in targets
+                              if piece.start <= s and e <= piece.end))
+        for m in _read_piece(piece.heading, text[piece.start:piece.end], inside):
+            out.append(Mention(m.value_set, m.start + piece.start, m.end + piece.start, m.sentence,
+                               m.sentence_start + piece.start, m.section, m.negated, m.family, m.historical,
+                               m.hypothetical, m.uncertain))
+    return tuple(out)
 
 
-def _parse(text: str, targets: list[tuple[int, int, str]]) -> tuple[Mention, ...]:
+@lru_cache(maxsize=PIECES_CACHED)
+def _read_piece(heading: str, piece: str, targets: tuple[tuple[int, int, str], ...]) -> tuple[Mention, ...]:
+    """One piece (with its heading) through the pipeline; offsets relative to the piece."""
     from spacy.tokens import Span
 
-    nlp = _pipeline()
-    pieces = _excerpt(text, targets)
-    parts, offsets, cursor = [], [], 0
-    for a, b in pieces:
-        offsets.append((cursor, a, b))
-        parts.append(text[a:b].replace("\n", " ").replace("\r", " "))
-        cursor += (b - a) + 1
-    excerpt = "\n".join(parts)
-
-    def to_excerpt(pos: int) -> int | None:
-        for at, a, b in offsets:
-            if a <= pos <= b:
-                return at + pos - a
-        return None
-
-    def to_text(pos: int) -> int:
-        for at, a, b in reversed(offsets):
-            if pos >= at:
-                return a + min(pos - at, b - a)
-        return 0
-
-    headings = [to_excerpt(a) for a, b in pieces if _HEADING.match(text, a, b) or _SHOUTED.match(text, a, b)]
-    doc = nlp.make_doc(excerpt)
-    spans, origin = [], {}
-    for start, end, key in targets:
-        s, e = to_excerpt(start), to_excerpt(end)
-        span = doc.char_span(s, e, label=key.split("#")[0], alignment_mode="expand") if s is not None \
-            and e is not None else None
-        if span is not None and len(span):
-            spans.append(span)
-            origin[(span.start, span.end, span.label_)] = origin.get((span.start, span.end, span.label_), []) + [
-                (start, end)]
-    doc.spans[SPAN_GROUP] = [Span(doc, s.start, s.end, label=s.label_) for s in spans]
-    for _, component in nlp.pipeline:
-        doc = component(doc)
+    prefix = f"{heading}\n" if heading and not piece.lstrip().startswith(heading) else ""
+    shift = len(prefix)
+    with _lock:
+        nlp = _pipeline()
+        doc = nlp.make_doc(prefix + piece.replace("\n", " ").replace("\r", " "))
+        spans = {}
+        for start, end, label in targets:
+            span = doc.char_span(start + shift, end + shift, label=label, alignment_mode="expand")
+            if span is not None and len(span):
+                spans.setdefault((span.start, span.end, label), []).append((start, end))
+        doc.spans[SPAN_GROUP] = [Span(doc, a, b, label=label) for a, b, label in spans]
+        for _, component in nlp.pipeline:
+            doc = component(doc)
+        found = list(doc.spans[SPAN_GROUP])
     meaning = rules()["sections"]["meaning"]
     out = []
-    for span in doc.spans[SPAN_GROUP]:
-        section = span._.section_category
-        title = span._.section_title
-        # A section's meaning lasts until the next heading of any kind, known to the sectionizer or not:
-        # "Neuro: new saddle numbness" after a past-history block is not history.
-        if section and title is not None and any(title.start_char < h <= span.start_char for h in headings):
-            section = None
-        effect = meaning.get(section or "")
+    for span in found:
+        effect = meaning.get(span._.section_category or "")
         sentence = span.sent
-        sentence_start = to_text(sentence.start_char)
-        sentence_text = text[sentence_start:to_text(sentence.end_char)]
-        for start, end in origin.get((span.start, span.end, span.label_), []):
+        s_start = max(sentence.start_char - shift, 0)
+        s_end = max(sentence.end_char - shift, 0)
+        for start, end in spans.get((span.start, span.end, span.label_), []):
+            a, b = (s_start, s_end) if s_start <= start and end <= s_end else (start, end)
             out.append(Mention(
-                value_set=span.label_, start=start, end=end,
-                sentence=sentence_text if sentence_start <= start and end <= sentence_start + len(sentence_text)
-                else text[start:end], sentence_start=sentence_start if sentence_start <= start else start,
-                section=section, negated=bool(span._.is_negated),
+                value_set=span.label_, start=start, end=end, sentence=piece[a:b], sentence_start=a,
+                section=span._.section_category, negated=bool(span._.is_negated),
                 family=bool(span._.is_family) or effect == "family",
                 historical=bool(span._.is_historical) or effect == "historical",
                 hypothetical=bool(span._.is_hypothetical) or effect == "hypothetical",
@@ -353,11 +360,44 @@ def _pipeline():
     kept = [r for r in context.rules if r.literal not in removed]
     context = ConText(nlp, rules=None, input_span_type="group", span_group_name=SPAN_GROUP,
                       prune_on_target_overlap=True)
-    context.add(kept + [ConTextRule(r["literal"], r["category"], direction=r.get("direction", "BIDIRECTIONAL"),
-                                    pattern=r.get("pattern"), max_scope=r.get("max_scope"))
-                        for r in data["context"]["add"]])
+    added = [ConTextRule(r["literal"], r["category"], direction=r.get("direction", "BIDIRECTIONAL"),
+                         pattern=r.get("pattern"), max_scope=r.get("max_scope")) for r in data["context"]["add"]]
+    context.add([phrase for rule in kept + added for phrase in _as_phrase_rules(rule, ConTextRule)])
     return _Pipeline(nlp, [("sentencizer", nlp.get_pipe("sentencizer")), ("sectionizer", sectionizer),
                            ("context", context)])
+
+
+def _phrases_of(pattern) -> list[str] | None:
+    """The phrases a token pattern made only of LOWER words (a word or a set of words, maybe optional)
+    matches; None for any other pattern."""
+    options = [""]
+    for token in pattern:
+        if not isinstance(token, dict) or set(token) - {"LOWER", "OP"} or token.get("OP", "?") != "?":
+            return None
+        value = token.get("LOWER")
+        words = [value] if isinstance(value, str) else (
+            value.get("IN") if isinstance(value, dict) and set(value) == {"IN"} else None)
+        if not words:
+            return None
+        choices = [*words, *([""] if "OP" in token else [])]
+        options = [f"{o} {w}".strip() for o in options for w in choices]
+        if len(options) > 5000:
+            return None
+    return sorted({o for o in options if o})
+
+
+def _as_phrase_rules(rule, rule_class) -> list:
+    """A ConText rule whose pattern only lists words, as one literal rule per phrase: spaCy's
+    PhraseMatcher finds them for a fraction of the Matcher's cost (it evaluates every set-membership
+    predicate on every token). The same phrases are matched, case-insensitively."""
+    phrases_ = _phrases_of(rule.pattern) if isinstance(rule.pattern, list) else None
+    if not phrases_:
+        return [rule]
+    return [rule_class(phrase, rule.category, direction=rule.direction, on_match=rule.on_match,
+                       on_modifies=rule.on_modifies, allowed_types=rule.allowed_types,
+                       excluded_types=rule.excluded_types, max_scope=rule.max_scope,
+                       max_targets=rule.max_targets, terminated_by=rule.terminated_by, metadata=rule.metadata)
+            for phrase in phrases_]
 
 
 class _Pipeline:
@@ -384,8 +424,7 @@ def reload() -> None:
     """Forget the rules, the pipeline and every reading (after the rules file changed)."""
     rules.cache_clear()
     _pipeline.cache_clear()
-    with _lock:
-        _readings.clear()
+    _read_piece.cache_clear()
 
 
 # ---------------------------------------------------------------- the public surface

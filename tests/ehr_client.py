@@ -162,14 +162,16 @@ class EhrClient:
 
     def authorization(self, service: dict, token: str, context: dict[str, Any]) -> dict:
         """fhirAuthorization with every required field (access_token, token_type, expires_in, scope,
-        subject), scoped to read the resource types the service's templates name, and those they
-        `_include` (MedicationRequest:medication needs Medication)."""
+        subject), scoped to read the resource types the service's templates name, those they
+        `_include` (MedicationRequest:medication needs Medication), and Binary where notes are
+        searched (their text may be kept as a Binary the service reads by id)."""
         types = []
         for template in (service.get("prefetch") or {}).values():
             path, _, params = template.partition("?")
             named = [path.split("/", 1)[0]]
             named += ["Medication" for pair in params.split("&")
                       if pair.startswith("_include=") and pair.endswith(":medication")]
+            named += ["Binary"] if named[0] in ("DocumentReference", "DiagnosticReport") else []
             types += [t for t in named if t not in types]
         auth = {
             "access_token": token,

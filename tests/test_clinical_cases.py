@@ -3,13 +3,13 @@
 Each case states its expected tier, red flags and order ratings, and the source of that answer.
 """
 
-import json
 from pathlib import Path
 
+import case_files
 import pytest
 from conftest import today
 
-from cds_service.example_patients import hook_request, resolve_dates
+from cds_service.example_patients import hook_request
 from cds_service.validation import problems
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.json"))
@@ -18,7 +18,7 @@ PAMA_RATING = "http://fhir.org/argonaut/Extension/pama-rating"
 
 
 def load_case(path: Path) -> dict:
-    return resolve_dates(json.loads(path.read_text(encoding="utf-8")), today())
+    return case_files.load_case(path, today())
 
 
 def case_request(case: dict) -> tuple[str, dict]:
@@ -71,6 +71,10 @@ def test_clinical_case(service, path):
     assert not set(expect.get("redFlagsExclude", [])) & flags, f"{why}; got {sorted(flags)}"
     for reference, rating in (expect.get("rating") or {}).items():
         assert ratings_of(result).get(reference) == rating, f"{why}: rating of {reference}"
+    for text in expect.get("unavailableInclude", []):
+        assert any(item.startswith(text) for item in ext.get("unavailable", [])), f"{why}; got {ext.get('unavailable')}"
+    for text in expect.get("evidenceValueInclude", []):
+        assert text in card["detail"], f"{why}: the detail should show {text!r}"
     for text in expect.get("detailIncludes", []):
         assert text in card["detail"], f"{why}: the detail should mention {text!r}"
     for text in expect.get("detailExcludes", []):

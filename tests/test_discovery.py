@@ -41,12 +41,16 @@ def test_prefetch_templates_fetch_what_the_clinical_core_reads(client):
         assert "&category=laboratory&" in prefetch["labs"]
         assert prefetch["activeServiceRequests"].startswith(
             "ServiceRequest?patient={{context.patientId}}&status=active")
+        assert prefetch["clinicalNotes"].startswith(
+            "DocumentReference?patient={{context.patientId}}&category=clinical-note&")
+        assert prefetch["diagnosticReports"].startswith("DiagnosticReport?patient={{context.patientId}}&category=")
 
 
 def test_usage_requirements_name_a_scope_for_every_resource_type_read(client):
     for service in services(client).values():
         for rtype in ("Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
-                      "MedicationStatement", "MedicationAdministration", "Medication", "ServiceRequest"):
+                      "MedicationStatement", "MedicationAdministration", "Medication", "ServiceRequest",
+                      "DocumentReference", "DiagnosticReport", "Binary"):
             assert f"patient/{rtype}.read" in service["usageRequirements"], rtype
 
 

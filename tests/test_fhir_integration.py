@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import case_files
 import pytest
 import requests
 from conftest import SPEC, today
 from ehr_client import EhrClient
 from fault_proxy import operation_outcome_body
 
-from cds_service.example_patients import resolve_dates
 from cds_service.services import SLICED_KEYS, SLICES, fetch_queries, fetch_query, prefetch_templates
 
 pytest_plugins = ["fhir_fixtures"]
@@ -44,9 +44,10 @@ RECORD_SHAPE_CASES = tuple(sorted(p.name.split("-", 1)[0] for p in CASES_DIR.glo
                                   if 111 <= int(p.name.split("-", 1)[0]) <= 149))
 OPTIONAL_KEYS = ("labs", "vitalSigns", "socialHistory", "survey", "examObservations", "encounters", "procedures",
                  "medications", "medicationStatements", "medicationAdministrations", "activeServiceRequests",
-                 "allObservations")
+                 "clinicalNotes", "diagnosticReports", "allObservations")
 ALL_TYPES = {"Patient", "Condition", "Observation", "Encounter", "Procedure", "MedicationRequest",
-             "MedicationStatement", "MedicationAdministration", "ServiceRequest"}
+             "MedicationStatement", "MedicationAdministration", "ServiceRequest", "DocumentReference",
+             "DiagnosticReport"}
 # requests of one call in fetch mode (no Medication to read, every slice one page)
 SEARCHES = 2 + len(OPTIONAL_KEYS) + len(SLICED_KEYS) * (SLICES - 1)
 LOINC = "http://loinc.org"
@@ -139,7 +140,7 @@ class StoredCase:
 def store_case(fhir_server, number: str) -> StoredCase:
     path = _case_path(number)
     prefix = f"{RUN}-{number}"
-    case = with_run_ids(resolve_dates(json.loads(path.read_text(encoding="utf-8")), today()), prefix)
+    case = with_run_ids(case_files.load_case(path, today()), prefix)
     fhir_server.load_transaction(transaction(case["resources"]))
     patient_id = next(r["id"] for r in case["resources"] if r["resourceType"] == "Patient")
     orders = case["draftOrders"] or [lumbar_mri_order(prefix, patient_id)]

@@ -9,10 +9,11 @@ import json
 import random
 from pathlib import Path
 
+import case_files
 import pytest
 from conftest import fixture_json, today
 
-from cds_service.example_patients import hook_request, resolve_dates
+from cds_service.example_patients import hook_request
 
 ODD_VALUES = [None, 0, -1, 1.5e308, "", "x" * 300, "2026-13-45", [], {}, [None], {"resourceType": "Bundle"},
               {"resourceType": "OperationOutcome"}, True, "Patient/../../etc", {"coding": "x"}, [{"code": 5}]]
@@ -25,7 +26,7 @@ def seeds() -> list[tuple[str, dict]]:
         body = {k: v for k, v in capture["body"].items() if k != "fhirServer"}  # no network in this test
         out.append((capture["path"].rsplit("/", 1)[-1], body))
     for path in sorted((Path(__file__).parent / "cases").glob("*.json"))[::12]:
-        case = resolve_dates(json.loads(path.read_text()), today())
+        case = case_files.load_case(path, today())
         service_id, body = hook_request(case["hook"], case["resources"], draft_orders=case.get("draftOrders", []),
                                         encounter_id=case.get("encounterId"))
         out.append((service_id, body))

@@ -203,6 +203,25 @@ def test_html_markup_is_stripped_with_block_elements_on_their_own_lines():
     assert html_text(markup) == "HPI\n\nPain at night.\n\nNo fever\n\nWeight loss\n\nPlan\nMRI"
 
 
+def test_html_comments_are_dropped_and_the_text_after_them_kept():
+    assert html_text("<div>Saddle anaesthesia: <!-- checklist item 4 --> No</div>") == "Saddle anaesthesia: No"
+
+
+def test_xhtml_with_an_xml_declaration_is_read():
+    markup = ('<?xml version="1.0" encoding="UTF-8"?><html xmlns="http://www.w3.org/1999/xhtml"><body>'
+              "<h2>Impression</h2><p>Lytic lesion at L3.</p></body></html>")
+    assert html_text(markup) == "Impression\n\nLytic lesion at L3."
+
+
+def test_table_cells_are_separated_and_rows_are_lines():
+    assert html_text("<table><tr><td>Weight loss</td><td>Yes</td></tr><tr><td>Fever</td><td>No</td></tr></table>") == (
+        "Weight loss Yes\n\nFever No")
+
+
+def test_empty_markup_is_empty_text():
+    assert html_text("  ") == "" and html_text("<p></p>") == ""
+
+
 def test_an_html_note_is_read_without_markup():
     resource = document("n1", "2026-11-20", text_attachment("<p>Saddle anaesthesia: <b>No</b></p>", "text/html"))
     assert read(resource).notes[0].text == "Saddle anaesthesia: No"
@@ -352,6 +371,17 @@ def test_an_unreadable_note_takes_no_place_under_the_cap():
     assert result.unread == ["Progress note (2026-11-25): only a PDF, not read"]
 
 
+def test_unreadable_notes_beyond_the_cap_are_counted_not_listed():
+    scans = [document(f"scan{day}", f"2026-11-{day:02d}", {"contentType": "application/pdf", "data": b64("%PDF")})
+             for day in range(10, 14)]
+    result = read(*scans, document("n1", "2026-11-01"), max_notes=2)
+    assert references(result) == ["DocumentReference/n1"]
+    assert result.unread == ["Progress note (2026-11-13): only a PDF, not read",
+                             "Progress note (2026-11-12): only a PDF, not read",
+                             "clinical notes: 2 more notes in a form that is not read (PDF, images, attachments "
+                             "elsewhere)"]
+
+
 def test_the_record_caps_default_to_20_notes_and_10_reports():
     record = PatientRecord(patient=None)
     assert (record.max_notes, record.max_reports) == (20, 10)
@@ -392,3 +422,47 @@ def test_binary_ids_come_only_from_binary_urls_on_the_fhir_server():
     assert binary_id("https://ehr.example.org.evil.com/fhir/R4/Binary/abc", SERVER) is None
     assert binary_id("DocumentReference/abc", SERVER) is None
     assert binary_id("Binary/../../x", SERVER) is None
+
+
+# ---------------------------------------------------------------------------- malformed data
+
+
+MALFORMED = [
+    {"resourceType": "DocumentReference", "id": ["x"], "status": "current", "content": "text"},
+    {"resourceType": "DocumentReference", "id": "m0", "status": "current", "docStatus": ["final"]},
+    {"resourceType": "DocumentReference", "id": "m1", "status": "current", "date": 5,
+     "relatesTo": ["replaces", {"code": "replaces", "target": "DocumentReference/n1"}],
+     "category": [{"coding": [{"code": ["clinical-note"]}]}], "type": {"coding": "11506-3"},
+     "content": [None, {"attachment": {"contentType": 7, "data": 5}},
+                 {"attachment": {"contentType": "text/plain; charset=\"", "data": b64("ok")}}]},
+    {"resourceType": "DiagnosticReport", "id": "m2", "status": ["final"], "category": "RAD", "conclusion": 3},
+    {"resourceType": "DiagnosticReport", "id": "m3", "status": "final", "effectiveDateTime": "soon",
+     "category": [{"coding": [{"system": LOINC, "code": "LP29684-5"}]}], "conclusion": ["x"],
+     "presentedForm": [{"contentType": "text/html", "url": {"a": 1}},
+                       {"contentType": "text/html", "data": b64("<p>lesion")}]},
+    {"resourceType": "Binary", "id": {"x": 1}, "data": 3},
+]
+
+
+def test_malformed_notes_never_raise_and_what_can_be_read_is_read():
+    result = read(*MALFORMED, fhir_server=SERVER)
+    assert [(n.reference, n.text) for n in result.notes] == [("DocumentReference/m1", "ok"),
+                                                             ("DiagnosticReport/m3", "lesion")]
+    assert binaries_to_fetch(MALFORMED, SERVER, 20, 10) == []
+
+
+def test_a_note_held_twice_takes_one_place_under_the_cap():
+    resources = [document("n2", "2026-11-02", {"contentType": "text/plain", "url": "Binary/b2"}),
+                 document("n2", "2026-11-02", {"contentType": "text/plain", "url": "Binary/b2"}),
+                 document("n1", "2026-11-01", {"contentType": "text/plain", "url": "Binary/b1"})]
+    assert binaries_to_fetch(resources, SERVER, 2, 10) == ["b2", "b1"]
+
+
+def test_a_malformed_content_type_is_never_read_as_text():
+    resource = document("n1", "2026-11-20", {"contentType": "pdf", "data": b64("%PDF-1.7")})
+    assert read(resource).unread == ["Progress note (2026-11-20): only a pdf attachment, not read"]
+
+
+def test_content_types_are_compared_without_case():
+    resource = document("n1", "2026-11-20", {"contentType": "Text/HTML; Charset=UTF-8", "data": b64("<b>ok</b>")})
+    assert read(resource).notes[0].text == "ok"

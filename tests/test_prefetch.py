@@ -118,20 +118,17 @@ def medication_request(ident, reference):
             "subject": {"reference": "Patient/p1"}, "medicationReference": {"reference": reference}}
 
 
-class MedicationFetcher(Fetcher):
-    """Serves Medication reads by id; records every round of queries."""
+class SecondRoundFetcher(Fetcher):
+    """Serves reads of Medication/<id> and Binary/<id> from dicts by id; records every round of queries."""
 
-    def __init__(self, medications):
+    def __init__(self, stored):
         super().__init__({})
-        self.medications, self.rounds = medications, []
+        self.stored, self.rounds = stored, []
 
     def __call__(self, base, queries, token):
         self.rounds.append(dict(queries))
-        out = {}
-        for key, query in queries.items():
-            medication = self.medications.get(query.removeprefix("Medication/"))
-            out[key] = Result(medication) if medication else Result(ok=False, error="HTTP 404", status=404)
-        return out
+        return {key: Result(self.stored[query]) if query in self.stored else Result(ok=False, error="HTTP 404")
+                for key, query in queries.items()}
 
 
 def test_medications_not_included_are_read_in_a_second_round():
@@ -144,7 +141,7 @@ def test_medications_not_included_are_read_in_a_second_round():
                                 {"resource": medication_request("r5", "Medication/gone")}])
     server_side = {"m-out": {"resourceType": "Medication", "id": "m-out", "code": {"text": "letrozole"}},
                    "m-abs": {"resourceType": "Medication", "id": "m-abs", "code": {"text": "anastrozole"}}}
-    fetcher = MedicationFetcher(server_side)
+    fetcher = SecondRoundFetcher({f"Medication/{ident}": resource for ident, resource in server_side.items()})
     gathered = gather(body({"patient": PATIENT, **ALL_NULL, "medications": bundle}, fhirServer=SERVER),
                       fetcher, TODAY)
     assert fetcher.rounds == [{"medication 0": "Medication/m-out", "medication 1": "Medication/m-abs",
@@ -230,3 +227,121 @@ def test_conditions_that_came_but_could_not_be_read_are_412():
     with pytest.raises(ServiceError) as raised:
         gather(body({"patient": PATIENT, **ALL_NULL, "conditions": bundle}))
     assert raised.value.status == 412
+
+
+# ---------------------------------------------------------------------------- clinical notes and reports (issue 12)
+
+
+def note(ident, when, url=None, category="clinical-note"):
+    attachment = {"contentType": "text/plain", "url": url} if url else {"contentType": "text/plain", "data": "dGV4dA=="}
+    return {"resourceType": "DocumentReference", "id": ident, "status": "current", "date": when,
+            "subject": {"reference": "Patient/p1"}, "category": [{"coding": [{"code": category}]}],
+            "content": [{"attachment": attachment}]}
+
+
+def radiology_report(ident, when, category=("http://loinc.org", "LP29684-5")):
+    return {"resourceType": "DiagnosticReport", "id": ident, "status": "final", "effectiveDateTime": when,
+            "subject": {"reference": "Patient/p1"}, "conclusion": "No acute findings.",
+            "category": [{"coding": [{"system": category[0], "code": category[1]}]}]}
+
+
+def notes_prefetch(*notes):
+    return {"patient": PATIENT, **ALL_NULL, "clinicalNotes": dict(EMPTY, entry=[{"resource": n} for n in notes])}
+
+
+def test_notes_and_reports_are_searched_newest_first_with_us_core_parameters():
+    assert prefetch_templates()["clinicalNotes"] == (
+        "DocumentReference?patient={{context.patientId}}&category=clinical-note&_sort=-date&_count=50")
+    assert prefetch_templates()["diagnosticReports"].startswith(
+        "DiagnosticReport?patient={{context.patientId}}&category=http://loinc.org|LP29684-5,"
+        "http://loinc.org|LP7839-6,http://terminology.hl7.org/CodeSystem/v2-0074|RAD,")
+    assert prefetch_templates()["diagnosticReports"].endswith("&_sort=-date&_count=50")
+
+
+def test_absent_notes_keys_are_fetched_without_a_date_window():
+    fetcher = Fetcher({})
+    gather(body({"patient": PATIENT, "conditions": EMPTY}, fhirServer=SERVER), fetcher, TODAY)
+    assert fetcher.asked["clinicalNotes"] == "DocumentReference?patient=p1&category=clinical-note&_sort=-date"
+    assert fetcher.asked["diagnosticReports"].startswith("DiagnosticReport?patient=p1&category=http://loinc.org|")
+    assert "date=" not in fetcher.asked["diagnosticReports"].replace("_sort=-date", "")
+
+
+def test_a_failed_notes_search_is_reported_like_any_optional_key():
+    fetcher = Fetcher({"clinicalNotes": Result(ok=False, error="HTTP 403 (forbidden)")})
+    gathered = gather(body({k: v for k, v in notes_prefetch().items() if k != "clinicalNotes"}, fhirServer=SERVER),
+                      fetcher, TODAY)
+    assert gathered.unavailable == ["clinical notes: HTTP 403 (forbidden)"]
+
+
+def test_binaries_of_the_notes_to_read_are_fetched_with_medications_in_one_round():
+    notes = [note(f"n{day}", f"2026-11-{day:02d}", f"Binary/b{day}") for day in range(1, 5)]
+    medications = dict(EMPTY, entry=[{"resource": medication_request("r1", "Medication/m1")}])
+    stored = {"Medication/m1": {"resourceType": "Medication", "id": "m1"},
+              **{f"Binary/b{day}": {"resourceType": "Binary", "id": f"b{day}", "contentType": "text/plain",
+                                    "data": "dGV4dA=="} for day in range(1, 5)}}
+    fetcher = SecondRoundFetcher(stored)
+    gathered = gather(body({**notes_prefetch(*notes), "medications": medications}, fhirServer=SERVER),
+                      fetcher, TODAY, max_notes=3)
+    assert fetcher.rounds == [{"medication 0": "Medication/m1", "binary 0": "Binary/b4", "binary 1": "Binary/b3",
+                               "binary 2": "Binary/b2"}]
+    assert [r["id"] for r in gathered.resources if r["resourceType"] == "Binary"] == ["b4", "b3", "b2"]
+    assert gathered.binary_errors == {}
+
+
+def test_a_binary_that_cannot_be_fetched_is_recorded_with_the_reason():
+    fetcher = SecondRoundFetcher({})
+    gathered = gather(body(notes_prefetch(note("n1", "2026-11-28", "Binary/gone")), fhirServer=SERVER),
+                      fetcher, TODAY)
+    assert gathered.binary_errors == {"gone": "HTTP 404"}
+    assert gathered.unavailable == []   # the notes reader names the note, not the prefetch key
+
+
+def test_at_most_30_binaries_are_fetched_in_one_call():
+    notes = [note(f"n{i}", f"2026-{1 + i // 28:02d}-{1 + i % 28:02d}", f"Binary/b{i}") for i in range(35)]
+    fetcher = SecondRoundFetcher({})
+    gathered = gather(body(notes_prefetch(*notes), fhirServer=SERVER), fetcher, TODAY, max_notes=35)
+    assert len(fetcher.rounds[0]) == 30
+    assert sorted(gathered.binary_errors.values()).count("more than 30 attachments to fetch in one call") == 5
+
+
+def test_no_binary_is_fetched_without_a_fhir_server():
+    gathered = gather(body(notes_prefetch(note("n1", "2026-11-28", "Binary/b1"))), None, TODAY)
+    assert not any(r["resourceType"] == "Binary" for r in gathered.resources)
+
+
+def test_prefetch_builder_files_clinical_notes_and_radiology_reports_newest_first():
+    lab_report = radiology_report("lab", "2026-11-10", ("http://terminology.hl7.org/CodeSystem/v2-0074", "LAB"))
+    prefetch = prefetch_for([PATIENT, note("old", "2026-01-01"), note("new", "2026-11-01"),
+                             note("other", "2026-11-02", category="imaging"), radiology_report("mri", "2026-11-20"),
+                             lab_report, radiology_report("path", "2026-11-25", ("http://loinc.org", "LP7839-6"))])
+    assert [e["resource"]["id"] for e in prefetch["clinicalNotes"]["entry"]] == ["new", "old"]
+    assert [e["resource"]["id"] for e in prefetch["diagnosticReports"]["entry"]] == ["path", "mri"]
+
+
+def test_the_binary_of_a_note_about_another_patient_is_not_fetched():
+    foreign = dict(note("n2", "2026-11-29", "Binary/theirs"), subject={"reference": "Patient/p2"})
+    fetcher = SecondRoundFetcher({})
+    gather(body(notes_prefetch(foreign, note("n1", "2026-11-28", "Binary/ours")), fhirServer=SERVER), fetcher,
+           TODAY, max_notes=1)
+    assert fetcher.rounds == [{"binary 0": "Binary/ours"}]
+
+
+def paged_notes(count):
+    notes = [note(f"n{i}", f"2026-11-{28 - i:02d}") for i in range(count)]
+    return dict(notes_prefetch(*notes)["clinicalNotes"],
+                link=[{"relation": "next", "url": f"{SERVER}/DocumentReference?patient=p1&_offset=50"}])
+
+
+def test_later_pages_of_prefetched_notes_are_not_fetched_when_the_first_holds_as_many_as_are_read():
+    fetcher = Fetcher({})
+    gathered = gather(body({**notes_prefetch(), "clinicalNotes": paged_notes(5)}, fhirServer=SERVER), fetcher,
+                      TODAY, max_notes=5)
+    assert fetcher.asked == {}
+    assert gathered.unavailable == []
+
+
+def test_later_pages_of_prefetched_notes_are_fetched_when_the_first_holds_fewer_than_are_read():
+    fetcher = Fetcher({"clinicalNotes": Result(EMPTY)})
+    gather(body({**notes_prefetch(), "clinicalNotes": paged_notes(5)}, fhirServer=SERVER), fetcher, TODAY,
+           max_notes=6)
+    assert fetcher.asked == {"clinicalNotes": f"{SERVER}/DocumentReference?patient=p1&_offset=50"}

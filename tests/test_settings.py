@@ -171,6 +171,17 @@ def test_invalid_toml_is_a_clear_error(tmp_path):
         load_settings(write(tmp_path, "port = = 1\n"), env={})
 
 
+def test_notes_and_reports_read_default_to_20_and_10():
+    settings = load_settings(env={})
+    assert (settings.max_notes, settings.max_reports) == (20, 10)
+
+
+@pytest.mark.parametrize("key", ["max_notes", "max_reports"])
+def test_a_negative_notes_cap_is_refused(key):
+    with pytest.raises(SettingsError, match=f"'{key}': must be zero or more"):
+        load_settings(env={env_name(key): "-1"})
+
+
 # ---------------------------------------------------------------- clients
 
 def test_clients_come_from_the_file_with_paths_relative_to_it(tmp_path):
