@@ -225,7 +225,7 @@ def measure_notes(service: Gunicorn, size: str, count: int, *, duration: int, co
     service_id, body, templates = notes_request(size, count)
     assert plain_id == service_id
     with_notes = body_for_wrk(body)
-    never_read = body_for_wrk(notes_request(size, count, variant=f"check{next(_RUNS):07d}")[1])  # times a first read
+    never_read = body_for_wrk(notes_request(size, count, variant=f"c{next(_RUNS):07d}")[1])  # times a first read
     runs = {"none": (body_for_wrk(plain), None, None),
             "first read": (body_with_note_holes(body), notes_for_wrk(templates), never_read),
             "cached": (with_notes, None, None)}

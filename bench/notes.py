@@ -6,9 +6,12 @@ must weigh: a few red flags stated (night pain, weight loss, cancer history), ot
 anaesthesia, retention), a relative's cancer, safety-netting advice and checklist lines answered no. The
 notes of one patient differ from visit to visit (sentences drawn from pools, seeded), as a real chart does.
 
-The text holds VARIANT where a note carries a reference number (its header); `note_text` fills it. The
-benchmark fills it with a different value on every request to measure a first read (no cached result can
-help), or with the same value to measure reading the same notes again.
+Every sentence and every list line carries VARIANT, an 8-digit tag that `note_text` fills. The
+benchmark fills it with a different value on every request to measure a first read, or with the same value
+to measure reading the same notes again. The reader caches its readings piece by piece (a line, or a
+sentence of a long paragraph), so a value only in the header would leave every piece that holds a finding
+as it was, already read: the tag is in every piece. All notes of one request share the value, so sentences
+copied forward from visit to visit repeat within a request as they do in a real chart.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import random
 from datetime import date, timedelta
 
 VARIANT = "{{V}}"
-DEFAULT_VARIANT = "000000000000"   # 12 characters, as every value the benchmark substitutes
+DEFAULT_VARIANT = "00000000"   # 8 digits, as every value the benchmark substitutes (bench/post.lua)
 NOTE_TYPE = {"coding": [{"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}],
              "text": "Progress note"}
 CLINICAL_NOTE = {"coding": [{"system": "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category",
                              "code": "clinical-note", "display": "Clinical Note"}]}
 
 _OPENINGS = [
-    "Mr. R. returns for follow-up of low back pain that began {weeks} weeks ago after lifting a crate at work.",
+    "He returns for follow-up of low back pain that began {weeks} weeks ago after lifting a crate at work.",
     "Follow-up visit for low back pain, now {weeks} weeks in duration, which started without a clear injury.",
     "He is seen again for lumbar back pain of {weeks} weeks, worse since the weekend, not better with rest.",
 ]
@@ -110,24 +113,33 @@ def _pick(make: random.Random, pool: list[str], low: int, high: int) -> list[str
     return make.sample(pool, make.randint(low, min(high, len(pool))))
 
 
+def _paragraph(sentences) -> str:
+    return " ".join(f"{VARIANT} {sentence}" for sentence in sentences)
+
+
+def _lines(lines, bullet: str = "- ") -> str:
+    return "\n".join(f"{bullet}{line} {VARIANT}" for line in lines)
+
+
 def progress_note(make: random.Random, visit: date) -> str:
-    """One progress note (plain text) with VARIANT in its header; about 4 KB."""
+    """One progress note (plain text) with VARIANT in its header, its sentences and its lines; about 4 KB."""
     numbers = {"weeks": make.randint(3, 9), "score": make.randint(5, 8), "best": make.randint(2, 4),
                "days": make.randint(2, 10), "sys": make.randint(122, 148), "dia": make.randint(72, 90),
                "hr": make.randint(62, 88), "t": make.randint(4, 9), "kg": round(make.uniform(78, 84), 1)}
-    rest = _pick(make, _HPI, 5, 8) + _pick(make, _RED_FLAGS_STATED, 1, 2) + _pick(make, _RED_FLAGS_NEGATED, 1, 2)
+    rest = _pick(make, _HPI, 4, 7) + _pick(make, _RED_FLAGS_STATED, 1, 2) + _pick(make, _RED_FLAGS_NEGATED, 1, 2)
     make.shuffle(rest)
     hpi = [line.format(**numbers) for line in [make.choice(_OPENINGS), *rest]]
+    plan = _pick(make, _PLAN, 5, 6)
     sections = [
-        ("HISTORY OF PRESENT ILLNESS", " ".join(hpi)),
-        ("REVIEW OF SYSTEMS", "\n".join(_ROS)),
-        ("PAST MEDICAL HISTORY", "\n".join(f"- {line}" for line in _PMH)),
-        ("MEDICATIONS", "\n".join(f"- {line}" for line in _MEDICATIONS)),
-        ("FAMILY HISTORY", " ".join(_pick(make, _FAMILY, 2, 3))),
-        ("SOCIAL HISTORY", " ".join(_SOCIAL)),
-        ("PHYSICAL EXAM", " ".join(line.format(**numbers) for line in _EXAM)),
-        ("ASSESSMENT", " ".join(_ASSESSMENT)),
-        ("PLAN", "\n".join(f"{n}. {line}" for n, line in enumerate(_pick(make, _PLAN, 5, 6), 1))),
+        ("HISTORY OF PRESENT ILLNESS", _paragraph(hpi)),
+        ("REVIEW OF SYSTEMS", _lines(_ROS, bullet="")),
+        ("PAST MEDICAL HISTORY", _lines(_PMH)),
+        ("MEDICATIONS", _lines(_MEDICATIONS)),
+        ("FAMILY HISTORY", _paragraph(_pick(make, _FAMILY, 2, 3))),
+        ("SOCIAL HISTORY", _paragraph(_SOCIAL)),
+        ("PHYSICAL EXAM", _paragraph(line.format(**numbers) for line in _EXAM)),
+        ("ASSESSMENT", _paragraph(_ASSESSMENT)),
+        ("PLAN", "\n".join(f"{n}. {line} {VARIANT}" for n, line in enumerate(plan, 1))),
     ]
     header = (f"PROGRESS NOTE - Family Medicine\nDate of service: {visit.isoformat()}  Visit ref. {VARIANT}\n"
               "Author: Dr. A. Synthea, MD\n")

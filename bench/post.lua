@@ -1,10 +1,10 @@
 -- wrk script: POST the JSON body in the file named by BENCH_BODY to BENCH_PATH, each request with a
 -- fresh hookInstance, and print the figures as one JSON line at the end.
 --
--- With BENCH_NOTES (a file of note texts separated by NUL bytes, each holding "{{V}}" where a value
--- varies), every "@@note-text@@" in the body, in order, becomes the base64 of the next note, its
--- "{{V}}" replaced by a 12-digit value no other request of the run has used (BENCH_RUN, the thread,
--- a counter and the note's place): every request then carries note texts never read before.
+-- With BENCH_NOTES (a file of note texts separated by NUL bytes, each holding "{{V}}" in every sentence
+-- and line), every "@@note-text@@" in the body, in order, becomes the base64 of the next note, its
+-- "{{V}}" replaced by an 8-digit value no other request of the run has used (BENCH_RUN, the thread and
+-- a counter; the same for all notes of one request): every request then carries text never read before.
 local mark = "00000000-0000-4000-8000-000000000000"
 local note_mark = "@@note-text@@"
 local pieces = {}   -- the body: strings, and the holes {kind = "instance"} / {kind = "note", index = n}
@@ -93,13 +93,13 @@ local function instance()
                        math.random(0, 0xfff), math.random(0, 0xfff), counter)
 end
 
-local function note(index)
-  local value = string.format("%02d%01d%07d%02d", run, (thread_number or 0) % 10, counter % 10000000, index % 100)
+local function note(index, value)
   return base64(table.concat(notes[index], value))
 end
 
 function request()
   counter = counter + 1
+  local value = string.format("%02d%01d%05d", run, (thread_number or 0) % 10, counter % 100000)
   local out = {}
   for i, piece in ipairs(pieces) do
     if type(piece) == "string" then
@@ -107,7 +107,7 @@ function request()
     elseif piece.kind == "instance" then
       out[i] = instance()
     else
-      out[i] = note(piece.index)
+      out[i] = note(piece.index, value)
     end
   end
   return wrk.format("POST", os.getenv("BENCH_PATH"), {["Content-Type"] = "application/json"}, table.concat(out))

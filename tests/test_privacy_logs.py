@@ -1,5 +1,6 @@
-"""Privacy (issue 8, item 6): a full run of the real service with authentication on leaves no token,
-patient identifier or patient name in its log.
+"""Privacy (issue 8, item 6; issue 12, item 5): a full run of the real service with authentication on
+leaves no token, patient identifier or patient name in its log, and reading clinical notes leaves no
+fragment of their text in it.
 
 The run goes through real sockets: an EHR-like client signing every call (tests/auth_tokens.py),
 the service under gunicorn, and the FHIR test server behind the fault proxy. It covers discovery,
@@ -10,6 +11,7 @@ name). Then the whole log is searched for every secret the run handled.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -17,7 +19,7 @@ import uuid
 import pytest
 import requests
 from auth_tokens import Issuer, alg_none, jwks, make_key, write_config
-from conftest import today
+from conftest import RunningService, today
 from ehr_client import EhrClient
 
 from cds_service.example_patients import load_file
@@ -163,3 +165,105 @@ def test_the_run_was_logged_with_the_reasons_of_its_refusals(run_log):
     for reason in ("expired", "wrong audience", "bad signature", "alg not allowed", "unknown issuer",
                    "replay (jti already used)", "missing Authorization header"):
         assert f"reason={reason}" in log
+
+
+# ================================================================ note text (issue 12, item 5)
+#
+# A patient whose notes hold distinctive words in a red-flag sentence (the card quotes it), in a sentence
+# with no red flag, in a negated one and in the family history, one note inline and one in a Binary. The
+# service runs at DEBUG, the most verbose level it has, with loguru's default sink (stderr, DEBUG) left as
+# it is in production: medspaCy's sentence splitter (PyRuSH) logs tokens and spans through loguru at
+# DEBUG, so a reader that let it would write the note into this log.
+
+NOTES_PATIENT = f"notes{RUN}"
+QUOTED_WORD = f"Quillayute{RUN}"    # in the red-flag sentence: the card quotes it
+QUIET_WORD = f"Xanthippe{RUN}"      # in a sentence without a red flag
+NEGATED_WORD = f"Brobdingnag{RUN}"  # in a negated red flag
+FAMILY_WORD = f"Zanzibarine{RUN}"   # in the family history
+BINARY_WORD = f"Ouagadougou{RUN}"   # in the note the service reads from a Binary
+FLAG_SENTENCE = f"New urinary retention since the {QUOTED_WORD} trip."
+INLINE_NOTE = (
+    "HISTORY OF PRESENT ILLNESS:\n"
+    f"Low back pain for three weeks after lifting crates at the {QUIET_WORD} market. {FLAG_SENTENCE} "
+    f"She denies saddle anaesthesia after the {NEGATED_WORD} ride.\n\n"
+    "FAMILY HISTORY:\n"
+    f"Mother had breast cancer treated at {FAMILY_WORD} hospital.\n\n"
+    "PLAN:\nReturn at once if numbness in the groin develops.\n")
+BINARY_NOTE = f"HISTORY OF PRESENT ILLNESS:\nPain wakes her at night since the move to {BINARY_WORD} street.\n"
+NOTE_WORDS = [QUOTED_WORD, QUIET_WORD, NEGATED_WORD, FAMILY_WORD, BINARY_WORD]
+
+
+def _document_reference(ident: str, attachment: dict) -> dict:
+    return {"resourceType": "DocumentReference", "id": ident, "status": "current", "docStatus": "final",
+            "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3"}], "text": "Progress note"},
+            "category": [{"coding": [{"system": "http://hl7.org/fhir/us/core/CodeSystem/"
+                                                "us-core-documentreference-category", "code": "clinical-note"}]}],
+            "subject": {"reference": f"Patient/{NOTES_PATIENT}"}, "date": f"{today().isoformat()}T09:00:00Z",
+            "content": [{"attachment": attachment}]}
+
+
+def patient_with_notes() -> dict:
+    """Example 05 (low back pain, nothing else coded) under a unique id, with two progress notes."""
+    from cds_service.cli import EXAMPLES_DIR
+
+    text = json.dumps(load_file(EXAMPLES_DIR / "05-uncomplicated-back-pain.json", today()))
+    bundle = json.loads(text.replace("demo-simple", NOTES_PATIENT))
+    plain = "text/plain; charset=utf-8"
+    resources = [
+        _document_reference(f"{NOTES_PATIENT}-inline", {"contentType": plain,
+                                                         "data": base64.b64encode(INLINE_NOTE.encode()).decode()}),
+        {"resourceType": "Binary", "id": f"{NOTES_PATIENT}-text", "contentType": plain,
+         "data": base64.b64encode(BINARY_NOTE.encode()).decode()},
+        _document_reference(f"{NOTES_PATIENT}-binary", {"contentType": plain, "url": f"Binary/{NOTES_PATIENT}-text"}),
+    ]
+    bundle["entry"] += [{"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+                        for r in resources]
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def notes_run(tmp_path_factory, fhir_server):
+    """Two patient-view calls (prefetch from the EHR, and the service fetching for itself) for the patient
+    with notes, at DEBUG; returns (service log, the cards of each call)."""
+    fhir_server.load_transaction(patient_with_notes())
+    # loguru's production defaults, spelt out so that no variable of the test environment can quieten it.
+    service = RunningService(tmp_path_factory.mktemp("notes-privacy"),
+                             {"LBP_LOG_LEVEL": "DEBUG", "LOGURU_LEVEL": "DEBUG", "LOGURU_AUTOINIT": "True"})
+    ehr = EhrClient(service.base_url, fhir_server.base_url)
+    cards = {}
+    try:
+        for prefetch in ("full", "none"):
+            response = ehr.call("patient-view", {"patientId": NOTES_PATIENT}, prefetch=prefetch)
+            assert response.status_code == 200, response.text
+            cards[prefetch] = response.json()["cards"]
+        time.sleep(0.5)  # let the workers write their last lines
+        log = service.log()
+    finally:
+        ehr.close()
+        service.stop()
+    return log, cards
+
+
+def test_the_log_of_the_notes_run_holds_what_the_workers_wrote_to_stderr(notes_run):
+    log, _cards = notes_run
+    assert log.count("hook=patient-view") >= 2  # the service's own lines: loguru's would land beside them
+
+
+def test_the_card_quotes_the_red_flag_sentence_of_the_note(notes_run):
+    _log, cards = notes_run
+    for prefetch in ("full", "none"):
+        assert QUOTED_WORD in json.dumps(cards[prefetch]), f"prefetch={prefetch}: the card does not quote the note"
+
+
+@pytest.mark.parametrize("word", NOTE_WORDS, ids=["quoted", "no flag", "negated", "family history", "binary"])
+def test_the_log_holds_no_word_of_the_notes(notes_run, word):
+    log, _cards = notes_run
+    assert word not in log
+
+
+def test_the_log_holds_no_fragment_of_the_notes(notes_run):
+    log, _cards = notes_run
+    text = INLINE_NOTE + BINARY_NOTE
+    fragments = {text[i:i + 16] for i in range(0, len(text) - 16)} - {""}
+    leaked = sorted(f for f in fragments if f in log)
+    assert not leaked
