@@ -276,6 +276,8 @@ def report(results: list[Figures], info: dict, delay_ms: float) -> str:
             f"| {_ratio(service.p50_ms, baseline.p50_ms)} | {service.p50_ms - baseline.p50_ms:+.1f} "
             f"| {service.throughput:.1f} | {baseline.throughput:.1f} "
             f"| {_ratio(service.throughput, baseline.throughput)} |")
+    if not any(f.scenario == "fetch" for f in results):
+        return "\n".join(lines + notes_report(results, info)) + "\n"
     lines += ["", f"Fetch mode (no prefetch: the service fetches every key, in parallel, from the local FHIR server "
                   f"behind a proxy adding {delay_ms:.0f} ms to every request; one round of parallel searches, "
                   "plus the next pages of a search one after another):", "",
