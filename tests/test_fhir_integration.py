@@ -39,9 +39,11 @@ ORDER_HOOKS = ("order-select", "order-sign")
 # every order case.
 SELECTED_CASES = ("02", "06", "23", "46", "64", *(str(n) for n in range(71, 81)))
 # Every record shape of issue 11 (survey answers, panels, onset ages, medications by reference,
-# statements and administrations, CPT/HCPCS procedures, same-day encounters), each in its own hook.
+# statements and administrations, CPT/HCPCS procedures, same-day encounters), each in its own hook,
+# and every case with clinical notes and reports (issue 12, cases 220-269).
 RECORD_SHAPE_CASES = tuple(sorted(p.name.split("-", 1)[0] for p in CASES_DIR.glob("*.json")
-                                  if 111 <= int(p.name.split("-", 1)[0]) <= 149))
+                                  if 111 <= int(p.name.split("-", 1)[0]) <= 149
+                                  or 220 <= int(p.name.split("-", 1)[0]) <= 269))
 OPTIONAL_KEYS = ("labs", "vitalSigns", "socialHistory", "survey", "examObservations", "encounters", "procedures",
                  "medications", "medicationStatements", "medicationAdministrations", "activeServiceRequests",
                  "clinicalNotes", "diagnosticReports", "allObservations")
