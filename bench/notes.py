@@ -6,7 +6,8 @@ must weigh: a few red flags stated (night pain, weight loss, cancer history), ot
 anaesthesia, retention), a relative's cancer, safety-netting advice and checklist lines answered no. The
 notes of one patient differ from visit to visit (sentences drawn from pools, seeded), as a real chart does.
 
-Every sentence and every list line carries VARIANT, an 8-digit tag that `note_text` fills. The
+Every sentence and every list line (and every review-of-systems line after its heading, since checklist
+answers end a piece) carries VARIANT, an 8-digit tag that `note_text` fills. The
 benchmark fills it with a different value on every request to measure a first read, or with the same value
 to measure reading the same notes again. The reader caches its readings piece by piece (a line, or a
 sentence of a long paragraph), so a value only in the header would leave every piece that holds a finding
@@ -132,7 +133,7 @@ def progress_note(make: random.Random, visit: date) -> str:
     plan = _pick(make, _PLAN, 5, 6)
     sections = [
         ("HISTORY OF PRESENT ILLNESS", _paragraph(hpi)),
-        ("REVIEW OF SYSTEMS", _lines(_ROS, bullet="")),
+        ("REVIEW OF SYSTEMS", _lines((line.replace(": ", f": {VARIANT} ", 1) for line in _ROS), bullet="")),
         ("PAST MEDICAL HISTORY", _lines(_PMH)),
         ("MEDICATIONS", _lines(_MEDICATIONS)),
         ("FAMILY HISTORY", _paragraph(_pick(make, _FAMILY, 2, 3))),
