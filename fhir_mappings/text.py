@@ -312,6 +312,7 @@ def _block(run: list[tuple[int, int]], heading: str) -> _Block:
 
 _lock = threading.Lock()
 BLOCKS_CACHED = 16384
+VOCABULARY_LIMIT = 200_000  # distinct strings the tokenizer may remember before the pipeline is rebuilt
 
 
 def read_context(text: str, targets: list[tuple[int, int, str]]) -> tuple[Mention, ...]:
@@ -379,6 +380,8 @@ def _read_block(heading: str, text: str, segments: tuple[tuple[int, int], ...],
         for _, component in nlp.pipeline:
             doc = component(doc)
         found = list(doc.spans[SPAN_GROUP])
+        if len(nlp.nlp.vocab.strings) > VOCABULARY_LIMIT:
+            _pipeline.cache_clear()  # spaCy keeps every word it has seen: start afresh, bounded memory
     meaning = rules()["sections"]["meaning"]
     out = []
     for span in found:

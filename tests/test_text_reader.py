@@ -354,3 +354,11 @@ def test_the_same_text_is_read_once(monkeypatch):
     again = mentions("".join(list(text)))  # an equal text, not the same object
     assert text_reader._read_block.cache_info().misses == parsed
     assert again == first
+
+
+def test_the_pipeline_is_rebuilt_once_the_tokenizer_remembers_too_many_words(monkeypatch):
+    mentions("Denies saddle anaesthesia (warm-up).")
+    before = text_reader._pipeline()
+    monkeypatch.setattr(text_reader, "VOCABULARY_LIMIT", 0)
+    mentions("New saddle numbness (vocabulary check).")
+    assert text_reader._pipeline() is not before
