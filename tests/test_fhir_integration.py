@@ -42,6 +42,11 @@ SELECTED_CASES = ("02", "06", "23", "46", "64", *(str(n) for n in range(71, 81))
 # statements and administrations, CPT/HCPCS procedures, same-day encounters), each in its own hook.
 RECORD_SHAPE_CASES = tuple(sorted(p.name.split("-", 1)[0] for p in CASES_DIR.glob("*.json")
                                   if 111 <= int(p.name.split("-", 1)[0]) <= 149))
+# Every note form of issue 12: inline text and HTML, no docStatus, dated by context.period, a report's conclusion
+# and presentedForm, pathology and v2 RAD reports, amended / entered-in-error / superseded / preliminary notes, a note
+# replaced through relatesTo, old notes (cancer history only), safety-netting, a PDF only, the cap on notes.
+NOTE_CASES = ("220", "222", "226", "230", "232", "236", "237", "238", "244", "245", "253", "258", "259", "260", "261",
+              "262", "265")
 OPTIONAL_KEYS = ("labs", "vitalSigns", "socialHistory", "survey", "examObservations", "encounters", "procedures",
                  "medications", "medicationStatements", "medicationAdministrations", "activeServiceRequests",
                  "clinicalNotes", "diagnosticReports", "allObservations")
@@ -335,7 +340,7 @@ def test_partial_prefetch_gives_the_same_cards_as_full_prefetch(ehr, ehr_via_pro
 
 @pytest.fixture(scope="module")
 def stored_shape_cases(fhir_server) -> dict[str, StoredCase]:
-    return {number: store_case(fhir_server, number) for number in RECORD_SHAPE_CASES}
+    return {number: store_case(fhir_server, number) for number in RECORD_SHAPE_CASES + NOTE_CASES}
 
 
 def _run_ids(texts: list[str], stored: StoredCase) -> list[str]:
@@ -346,7 +351,7 @@ def _run_ids(texts: list[str], stored: StoredCase) -> list[str]:
                    lambda m: f"{m[1]}/{prefix}-{m[2]}" if m[2] in originals else m[0], text) for text in texts]
 
 
-@pytest.mark.parametrize("number", RECORD_SHAPE_CASES, ids=lambda n: _case_path(n).stem)
+@pytest.mark.parametrize("number", RECORD_SHAPE_CASES + NOTE_CASES, ids=lambda n: _case_path(n).stem)
 def test_every_record_shape_is_read_alike_from_prefetch_and_from_the_fhir_server(
         ehr, ehr_via_proxy, fault_proxy, stored_shape_cases, number):
     stored = stored_shape_cases[number]
@@ -371,8 +376,10 @@ def test_every_record_shape_is_read_alike_from_prefetch_and_from_the_fhir_server
     for text in _run_ids(expect.get("unavailableInclude", []), stored):
         assert any(item.startswith(text) for item in ext.get("unavailable", [])), ext.get("unavailable")
         assert text in the_card(fetched)["detail"]
-    for text in expect.get("evidenceValueInclude", []):
+    for text in expect.get("evidenceValueInclude", []) + expect.get("detailIncludes", []):
         assert text in the_card(fetched)["detail"]
+    for text in expect.get("detailExcludes", []):
+        assert text not in the_card(fetched)["detail"]
 
 
 def test_the_fhir_server_answers_every_search_the_service_sends_as_a_us_core_server_would(fhir_server):
