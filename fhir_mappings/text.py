@@ -210,11 +210,17 @@ def counts(mention: Mention, *, note: bool = True) -> bool:
     return not (mention.uncertain and mention.value_set not in allowed["uncertain"])
 
 
-_SEGMENT_BREAK = re.compile(r"\n\s*\n|\n(?=\s*(?:[-*•·]|\d+[.)]|\[|[A-Z][A-Za-z /&()]{1,40}:))|(?<=[.!?;:])\s*\n|\r")
+_ANSWERS = ("yes", "no", "y", "n", "absent", "present", "nil", "none", "negative", "positive")
+# Segments end at blank lines, at a line starting a list item, a checkbox or a heading, at a line
+# break after sentence punctuation, and after a checklist answer ending a line or followed by a comma
+# ("Fever: no, weight loss: yes" are two items).
+_SEGMENT_BREAK = re.compile(
+    "(?i:(?:" + "|".join(rf"(?<=\b{a})" for a in _ANSWERS) + r")(?:\s*[,;]\s+|[ \t]*\n))"
+    r"|\n\s*\n|\n(?=\s*(?:[-*•·]|\d+[.)]|\[|[A-Z][A-Za-z /&()]{1,40}:))|(?<=[.!?;:])\s*\n|\r")
 _LONG_LINE = 400
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\[(])")
-_HEADING = re.compile(r"^\s*([A-Za-z][A-Za-z /&()\-]{1,48}:)")
-_SHOUTED = re.compile(r"^\s*[A-Z][A-Z /&()\-]{2,48}\s*$")
+_HEADING = re.compile(r"\s*([A-Za-z][A-Za-z /&()\-]{1,48}:)")
+_SHOUTED = re.compile(r"\s*[A-Z][A-Z /&()\-]{2,48}\s*$")
 
 
 def _segments(text: str) -> list[tuple[int, int]]:
@@ -301,7 +307,8 @@ def _read_piece(heading: str, piece: str, targets: tuple[tuple[int, int, str], .
     shift = len(prefix)
     with _lock:
         nlp = _pipeline()
-        doc = nlp.make_doc(prefix + piece.replace("\n", " ").replace("\r", " "))
+        # The line break closing the piece lets a rule see an item's answer as its last word ("...: No").
+        doc = nlp.make_doc(prefix + piece.replace("\n", " ").replace("\r", " ") + "\n")
         spans = {}
         for start, end, label in targets:
             span = doc.char_span(start + shift, end + shift, label=label, alignment_mode="expand")
@@ -342,12 +349,12 @@ def _pipeline():
     import spacy
     from medspacy.context import ConText, ConTextRule
     from medspacy.section_detection import Sectionizer, SectionRule
+    from spacy.language import Language
 
     nlp = spacy.blank("en")
-    # Sentences end at . and ! (not at ?: "?cauda equina" puts it before its term) and at the line
-    # breaks the excerpt puts between pieces. medspaCy's PyRuSH splitter measured 3.3 ms per short
-    # sentence and 137 ms per 4 KB note here, against 0.5 ms and 14 ms: the hook's time budget decides.
-    nlp.add_pipe("sentencizer", config={"punct_chars": [".", "!", "\n"]})
+    if "lbp_sentences" not in Language.factories:
+        Language.component("lbp_sentences", func=_sentence_starts)
+    nlp.add_pipe("lbp_sentences")
     data = rules()
     sectionizer = Sectionizer(nlp, rules="default", input_span_type="group", span_group_name=SPAN_GROUP)
     removed = set(data["sections"]["remove"])
@@ -363,8 +370,21 @@ def _pipeline():
     added = [ConTextRule(r["literal"], r["category"], direction=r.get("direction", "BIDIRECTIONAL"),
                          pattern=r.get("pattern"), max_scope=r.get("max_scope")) for r in data["context"]["add"]]
     context.add([phrase for rule in kept + added for phrase in _as_phrase_rules(rule, ConTextRule)])
-    return _Pipeline(nlp, [("sentencizer", nlp.get_pipe("sentencizer")), ("sectionizer", sectionizer),
+    return _Pipeline(nlp, [("sentences", nlp.get_pipe("lbp_sentences")), ("sectionizer", sectionizer),
                            ("context", context)])
+
+
+def _sentence_starts(doc):
+    """Sentences start after a line break and after . or ! (not ?: "?cauda equina" puts it before its
+    term). Unlike spaCy's sentencizer, a sign opening a line ("[ ] urinary retention", "- numbness")
+    starts the new sentence instead of closing the last one. (medspaCy's PyRuSH splitter measured
+    3.3 ms per short sentence and 137 ms per 4 KB note here, against 0.5 ms and 14 ms: the hook's
+    time budget decides.)"""
+    for i, token in enumerate(doc):
+        before = doc[i - 1] if i else None
+        token.is_sent_start = before is None or "\n" in before.text or (
+            before.text in (".", "!") and not token.is_punct)
+    return doc
 
 
 def _phrases_of(pattern) -> list[str] | None:
