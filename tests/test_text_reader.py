@@ -82,6 +82,15 @@ def test_a_negation_after_a_heading_on_the_same_line_still_negates(text):
     assert matched(text, "saddle-anesthesia") is None
 
 
+@pytest.mark.parametrize("text", ["No history of cancer.", "No h/o cancer."])
+def test_no_history_of_negates_the_history(text):
+    assert matched(text, "cancer-personal-history") is None
+
+
+def test_unlikely_before_the_concept_does_not_make_it_a_suspicion():
+    assert matched("Unlikely to be cauda equina syndrome.", "cauda-equina-syndrome") is None
+
+
 def test_no_evidence_of_negates_the_concept():
     assert matched("No evidence of metastatic disease.", "metastatic-disease") is None
 
@@ -182,6 +191,11 @@ def test_a_relatives_diagnosis_is_not_the_patients():
     assert find("Mother had breast cancer.", "malignancy") is None
 
 
+@pytest.mark.parametrize("text", ["Mum had breast ca.", "Dad died of prostate ca at 70."])
+def test_a_parent_named_informally_is_someone_else(text):
+    assert matched(text, "malignancy") is None
+
+
 def test_his_wifes_diagnosis_is_not_the_patients():
     assert matched("His wife has metastatic breast cancer; he is her main carer.", "metastatic-disease") is None
 
@@ -189,6 +203,10 @@ def test_his_wifes_diagnosis_is_not_the_patients():
 def test_a_relative_reporting_about_the_patient_is_about_the_patient():
     mention = find("Wife reports he is incontinent of faeces.", "fecal-incontinence")
     assert mention is not None and not mention.family
+
+
+def test_a_relative_who_has_noticed_something_about_the_patient_reports_about_the_patient():
+    assert matched("His wife has noticed he is wetting himself.", "urinary-incontinence")
 
 
 def test_the_family_history_section_is_about_relatives():
