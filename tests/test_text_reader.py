@@ -177,6 +177,12 @@ def test_a_synonym_with_a_negation_word_inside_a_negated_list_still_counts():
     ("Reduced sensation in the saddle area since lunchtime.", "saddle-anesthesia"),
     ("He cannot pass urine.", "urinary-retention"),
     ("Unable to void since this morning.", "urinary-retention"),
+    ("Has not passed urine since yesterday.", "urinary-retention"),
+    ("Wife reports he is incontinent.", "urinary-incontinence"),
+    ("Double incontinence since this morning.", "fecal-incontinence"),
+    ("PR: anal tone reduced.", "fecal-incontinence"),
+    ("Numbness around the back passage.", "saddle-anesthesia"),
+    ("Altered perineal sensation on the left.", "saddle-anesthesia"),
 ])
 def test_common_clinical_phrasings_are_in_the_vocabulary(text, value_set):
     assert matched(text, value_set)
