@@ -118,6 +118,7 @@ def test_a_negation_does_not_reach_a_later_finding_introduced_by_reports():
 @pytest.mark.parametrize("text", [
     "Conus and cauda equina nerve roots are unremarkable.",
     "The conus terminates at L1 and the cauda equina is normal.",
+    "Impression: L4/5 disc bulge. The cauda equina is not compressed.",
 ])
 def test_a_structure_reported_as_normal_is_not_a_finding(text):
     assert matched(text, "cauda-equina-syndrome") is None
@@ -255,6 +256,10 @@ def test_a_section_heading_after_another_section_starts_a_new_section():
     text = "History of present illness:\nLBP for 2 weeks.\nFamily history:\nBreast cancer.\n"
     assert matched(text, "malignancy") is None
     assert {m.section for m in mentions(text) if m.value_set == "malignancy"} == {"family_history"}
+
+
+def test_a_history_heading_is_the_presenting_history_not_the_past_history():
+    assert matched("Hx: saddle numbness since this morning.", "saddle-anesthesia")
 
 
 def test_a_symptom_in_the_history_of_present_illness_counts():
