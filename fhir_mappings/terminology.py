@@ -331,9 +331,23 @@ def _value_set_data(name: str) -> dict:
 def shared_vocabularies() -> Vocabularies:
     """Every value set's text vocabularies behind one matcher."""
     vocabularies: dict[str, list[str]] = {}
+    focus: set[str] = set()
     for name in all_value_sets():
-        vocabularies.update(_text_vocabularies(_value_set_data(name)))
-    return Vocabularies(vocabularies)
+        data = _value_set_data(name)
+        vocabularies.update(_text_vocabularies(data))
+        if _read_from_text(data):
+            focus.update(k for k in _text_vocabularies(data) if k.endswith(("#synonyms", "#fallback")))
+    return Vocabularies(vocabularies, frozenset(focus))
+
+
+FREE_TEXT = {"DocumentReference": None, "DiagnosticReport": None, "Condition": "note", "Observation": "note"}
+
+
+def _read_from_text(data: dict) -> bool:
+    """Whether the set is read from notes or free-text fields (its ``readFrom``)."""
+    read_from = data.get("readFrom") or {}
+    return any(kind in read_from and (element is None or element in read_from[kind])
+               for kind, element in FREE_TEXT.items())
 
 
 @cache

@@ -67,8 +67,11 @@ class Vocabularies:
     them. Texts are memoised in bounded LRU caches keyed on the text.
     """
 
-    def __init__(self, vocabularies: Mapping[str, list[str]]):
+    def __init__(self, vocabularies: Mapping[str, list[str]], focus: frozenset[str] = frozenset()):
         self.patterns = {key: any_of(values) for key, values in vocabularies.items() if phrases(values)}
+        # The lists read from notes and free-text fields: a note is parsed where their words are, not
+        # wherever "back pain" or a drug name appears.
+        self.focus = focus
         self._exact: dict[str, set[str]] = {}  # a phrase's first word -> the lists holding it
         self._stems: dict[str, list[tuple[str, str]]] = {}  # first letter -> (word stem*, list)
         self._inner: list[tuple[str, str]] = []  # "*fragment" words (any word beginning): (fragment, list)
@@ -134,7 +137,7 @@ class TextHits:
         self.text, self.lowered, self._starts = text, lowered, starts
         self._hits: dict[str, list[tuple[int, int]]] = {}
         self.verdicts: dict[str, object] = {}  # value set id (or id#fallback) -> its answer
-        self._mentions: dict[tuple[str, int, int], Mention] | None = None
+        self._mentions: dict[bool, dict[tuple[str, int, int], Mention]] | None = None
 
     def of(self, key: str) -> list[tuple[int, int]]:
         """The (start, end) spans the vocabulary's own pattern finds, in order, not overlapping."""
@@ -156,11 +159,16 @@ class TextHits:
 
     def mention(self, key: str, start: int, end: int) -> Mention:
         """The reading of the hit (start, end) of vocabulary `key` ("<value set>#synonyms")."""
+        focus = self._vocabularies.focus
+        group = key in focus  # a free-text list is read with the other free-text lists only
         if self._mentions is None:
-            keys = {k for ks in self._starts.values() for k in ks if k.endswith(("#synonyms", "#fallback"))}
+            self._mentions = {}
+        if group not in self._mentions:
+            keys = {k for ks in self._starts.values() for k in ks if k.endswith(("#synonyms", "#fallback"))
+                    and (not group or k in focus)}
             targets = [(s, e, k) for k in sorted(keys) for s, e in self.of(k)]
-            self._mentions = {(m.value_set, m.start, m.end): m for m in read_context(self.text, targets)}
-        found = self._mentions.get((key.split("#")[0], start, end))
+            self._mentions[group] = {(m.value_set, m.start, m.end): m for m in read_context(self.text, targets)}
+        found = self._mentions[group].get((key.split("#")[0], start, end))
         return found if found is not None else Mention(key.split("#")[0], start, end, self.text[start:end], start)
 
 
@@ -210,13 +218,13 @@ def counts(mention: Mention, *, note: bool = True) -> bool:
     return not (mention.uncertain and mention.value_set not in allowed["uncertain"])
 
 
-_ANSWERS = ("yes", "no", "y", "n", "absent", "present", "nil", "none", "negative", "positive")
 # Segments end at blank lines, at a line starting a list item, a checkbox or a heading, at a line
 # break after sentence punctuation, and after a checklist answer ending a line or followed by a comma
-# ("Fever: no, weight loss: yes" are two items).
-_SEGMENT_BREAK = re.compile(
-    "(?i:(?:" + "|".join(rf"(?<=\b{a})" for a in _ANSWERS) + r")(?:\s*[,;]\s+|[ \t]*\n))"
-    r"|\n\s*\n|\n(?=\s*(?:[-*•·]|\d+[.)]|\[|[A-Z][A-Za-z /&()]{1,40}:))|(?<=[.!?;:])\s*\n|\r")
+# ("Fever: no, weight loss: yes" are two items). Only line breaks, commas and semicolons can end one.
+_BREAK = re.compile(r"[ \t]*(?:[,;][ \t]+|\r?\n)")
+_ANSWER_BEFORE = re.compile(r"(?i)(?<![a-z0-9])(?:yes|no|y|n|absent|present|nil|none|negative|positive)$")
+_ITEM_START = re.compile(r"\s*(?:[-*•·]|\d+[.)]|\[|[A-Z][A-Za-z /&()]{1,40}:)")
+_BLANK_LINE = re.compile(r"[ \t]*(?:\r?\n|$)")
 _LONG_LINE = 400
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\[(])")
 _HEADING = re.compile(r"\s*([A-Za-z][A-Za-z /&()\-]{1,48}:)")
@@ -227,9 +235,16 @@ def _segments(text: str) -> list[tuple[int, int]]:
     """(start, end) of the text's lines and sentences, cheaply: a wrapped line stays with its sentence."""
     out: list[tuple[int, int]] = []
     start = 0
-    for brk in _SEGMENT_BREAK.finditer(text):
-        out.append((start, brk.start()))
-        start = brk.end()
+    for brk in _BREAK.finditer(text):
+        before = text[max(brk.start() - 12, start):brk.start()]
+        if "\n" in brk.group():
+            ends = (before[-1:] in (".", "!", "?", ";", ":") or _ANSWER_BEFORE.search(before) is not None
+                    or _BLANK_LINE.match(text, brk.end()) is not None or _ITEM_START.match(text, brk.end()) is not None)
+        else:
+            ends = _ANSWER_BEFORE.search(before) is not None
+        if ends:
+            out.append((start, brk.start()))
+            start = brk.end()
     out.append((start, len(text)))
     split: list[tuple[int, int]] = []
     for a, b in out:
@@ -245,91 +260,143 @@ def _segments(text: str) -> list[tuple[int, int]]:
 
 
 @dataclass(frozen=True)
-class _Piece:
-    start: int
-    end: int
-    heading: str  # the nearest heading line before it ("" when none): the sectionizer reads the section from it
+class _Block:
+    start: int  # where its first segment starts in the text
+    segments: tuple[tuple[int, int], ...]  # (start, end) of its segments, relative to ``start``
+    heading: str  # the nearest heading before it ("" when none): the sectionizer reads the section from it
 
 
-def _pieces(text: str, targets: list[tuple[int, int, str]]) -> list[_Piece]:
-    """The segments holding a target (a target across two segments joins them), each with the nearest
-    heading before it: a section's meaning lasts until the next heading of any kind, known to the
-    sectionizer or not ("Neuro: new saddle numbness" after a past-history block is not history)."""
+def _is_heading(text: str, a: int, b: int) -> bool:
+    found = _HEADING.match(text, a, b)
+    return (found is not None and len(found.group(1).split()) <= 6) or _SHOUTED.match(text, a, b) is not None
+
+
+def _blocks(text: str, targets: list[tuple[int, int, str]]) -> list[_Block]:
+    """Runs of consecutive segments holding a target (a target across two segments joins them), each
+    with the nearest heading before it. One block is one parse: the parser's cost is mostly per call."""
     wanted = sorted((s, e) for s, e, _ in targets)
-    pieces: list[_Piece] = []
-    heading, i = "", 0
+    merged: list[list[int]] = []  # [start, end, reach of the targets starting in it, holds a target]
+    i = 0
     for a, b in _segments(text):
-        holds, reach = False, b
-        while i < len(wanted) and wanted[i][0] < b:
-            holds = holds or wanted[i][1] > a
-            reach = max(reach, wanted[i][1])
+        if merged and merged[-1][2] > a:  # a target from the segment before runs into this one
+            merged[-1][1] = b
+        else:
+            merged.append([a, b, 0, 0])
+        while i < len(wanted) and wanted[i][0] < merged[-1][1]:
+            merged[-1][2] = max(merged[-1][2], wanted[i][1])
+            merged[-1][3] = merged[-1][3] or int(wanted[i][1] > merged[-1][0])
             i += 1
+    blocks: list[_Block] = []
+    run: list[tuple[int, int]] = []
+    heading = run_heading = ""
+    for a, b, _, holds in merged:
         if holds:
-            if pieces and pieces[-1].end >= a:
-                pieces[-1] = _Piece(pieces[-1].start, max(reach, pieces[-1].end), pieces[-1].heading)
-            else:
-                pieces.append(_Piece(a, reach, heading))
-        found = _HEADING.match(text, a, b)
-        if found is not None and len(found.group(1).split()) <= 6:
-            heading = found.group(1)
-        elif _SHOUTED.match(text, a, b):
-            heading = text[a:b].strip()
-    return pieces
+            if not run:
+                run_heading = heading
+            run.append((a, b))
+        elif run:
+            blocks.append(_block(run, run_heading))
+            run = []
+        if _is_heading(text, a, b):
+            found = _HEADING.match(text, a, b)
+            heading = found.group(1) if found is not None else text[a:b].strip()
+    if run:
+        blocks.append(_block(run, run_heading))
+    return blocks
+
+
+def _block(run: list[tuple[int, int]], heading: str) -> _Block:
+    first = run[0][0]
+    return _Block(first, tuple((a - first, b - first) for a, b in run), heading)
 
 
 _lock = threading.Lock()
-PIECES_CACHED = 16384
+BLOCKS_CACHED = 16384
+VOCABULARY_LIMIT = 200_000  # distinct strings the tokenizer may remember before the pipeline is rebuilt
 
 
 def read_context(text: str, targets: list[tuple[int, int, str]]) -> tuple[Mention, ...]:
     """The mentions of ``targets`` ((start, end, vocabulary key) in ``text``) with their modifiers.
 
-    Only the pieces of the text holding a target are parsed, each once: readings are cached by the
-    piece's text, its heading and its targets (templated sentences repeat across a patient's notes).
+    Only the blocks of the text holding a target are parsed, each once: readings are cached by the
+    block's text, its heading and its targets (templated text repeats across a patient's notes).
     """
     out: list[Mention] = []
-    for piece in _pieces(text, targets):
-        inside = tuple(sorted((s - piece.start, e - piece.start, k.split("#")[0]) for s, e, k in targets
-                              if piece.start <= s and e <= piece.end))
-        for m in _read_piece(piece.heading, text[piece.start:piece.end], inside):
-            out.append(Mention(m.value_set, m.start + piece.start, m.end + piece.start, m.sentence,
-                               m.sentence_start + piece.start, m.section, m.negated, m.family, m.historical,
+    for block in _blocks(text, targets):
+        end = block.start + block.segments[-1][1]
+        inside = tuple(sorted((s - block.start, e - block.start, k.split("#")[0]) for s, e, k in targets
+                              if block.start <= s and e <= end))
+        for m in _read_block(block.heading, text[block.start:end], block.segments, inside):
+            out.append(Mention(m.value_set, m.start + block.start, m.end + block.start, m.sentence,
+                               m.sentence_start + block.start, m.section, m.negated, m.family, m.historical,
                                m.hypothetical, m.uncertain))
     return tuple(out)
 
 
-@lru_cache(maxsize=PIECES_CACHED)
-def _read_piece(heading: str, piece: str, targets: tuple[tuple[int, int, str], ...]) -> tuple[Mention, ...]:
-    """One piece (with its heading) through the pipeline; offsets relative to the piece."""
+@lru_cache(maxsize=BLOCKS_CACHED)
+def _read_block(heading: str, text: str, segments: tuple[tuple[int, int], ...],
+                targets: tuple[tuple[int, int, str], ...]) -> tuple[Mention, ...]:
+    """One block through the pipeline: its heading, then each segment on a line of its own (the line
+    break after an item lets a rule see its answer as the last word: "...: No"). Offsets are
+    relative to the block's text."""
     from spacy.tokens import Span
 
-    prefix = f"{heading}\n" if heading and not piece.lstrip().startswith(heading) else ""
-    shift = len(prefix)
+    parts, table = [], []  # table: (offset in the parsed text, offset in the block's text, length)
+    at = 0
+    if heading and not text.lstrip().startswith(heading):
+        parts.append(heading)
+        at = len(heading) + 1
+    headings = [0] if parts else []
+    for a, b in segments:
+        if _is_heading(text, a, b):
+            headings.append(at)
+        parts.append(text[a:b].replace("\n", " ").replace("\r", " "))
+        table.append((at, a, b - a))
+        at += b - a + 1
+
+    def parsed(pos: int) -> int | None:
+        for p_at, a, n in table:
+            if a <= pos <= a + n:
+                return p_at + pos - a
+        return None
+
+    def original(pos: int) -> int:
+        for p_at, a, n in reversed(table):
+            if pos >= p_at:
+                return a + min(pos - p_at, n)
+        return 0
+
     with _lock:
         nlp = _pipeline()
-        # The line break closing the piece lets a rule see an item's answer as its last word ("...: No").
-        doc = nlp.make_doc(prefix + piece.replace("\n", " ").replace("\r", " ") + "\n")
-        spans = {}
+        doc = nlp.make_doc("\n".join(parts) + "\n")
+        spans: dict[tuple[int, int, str], list[tuple[int, int]]] = {}
         for start, end, label in targets:
-            span = doc.char_span(start + shift, end + shift, label=label, alignment_mode="expand")
+            s, e = parsed(start), parsed(end)
+            span = doc.char_span(s, e, label=label, alignment_mode="expand") \
+                if s is not None and e is not None else None
             if span is not None and len(span):
                 spans.setdefault((span.start, span.end, label), []).append((start, end))
         doc.spans[SPAN_GROUP] = [Span(doc, a, b, label=label) for a, b, label in spans]
         for _, component in nlp.pipeline:
             doc = component(doc)
         found = list(doc.spans[SPAN_GROUP])
+        if len(nlp.nlp.vocab.strings) > VOCABULARY_LIMIT:
+            _pipeline.cache_clear()  # spaCy keeps every word it has seen: start afresh, bounded memory
     meaning = rules()["sections"]["meaning"]
     out = []
     for span in found:
-        effect = meaning.get(span._.section_category or "")
-        sentence = span.sent
-        s_start = max(sentence.start_char - shift, 0)
-        s_end = max(sentence.end_char - shift, 0)
+        section = span._.section_category
+        title = span._.section_title
+        # A section's meaning lasts until the next heading of any kind, known to the sectionizer or not.
+        if section and title is not None and any(title.start_char < h <= span.start_char for h in headings):
+            section = None
+        effect = meaning.get(section or "")
+        s_start, s_end = original(span.sent.start_char), original(span.sent.end_char)
         for start, end in spans.get((span.start, span.end, span.label_), []):
             a, b = (s_start, s_end) if s_start <= start and end <= s_end else (start, end)
             out.append(Mention(
-                value_set=span.label_, start=start, end=end, sentence=piece[a:b], sentence_start=a,
-                section=span._.section_category, negated=bool(span._.is_negated),
+                value_set=span.label_, start=start, end=end, sentence=text[a:b], sentence_start=a,
+                section=section, negated=bool(span._.is_negated),
                 family=bool(span._.is_family) or effect == "family",
                 historical=bool(span._.is_historical) or effect == "historical",
                 hypothetical=bool(span._.is_hypothetical) or effect == "hypothetical",
@@ -444,7 +511,7 @@ def reload() -> None:
     """Forget the rules, the pipeline and every reading (after the rules file changed)."""
     rules.cache_clear()
     _pipeline.cache_clear()
-    _read_piece.cache_clear()
+    _read_block.cache_clear()
 
 
 # ---------------------------------------------------------------- the public surface

@@ -379,7 +379,15 @@ def test_the_quote_is_one_line():
 def test_the_same_text_is_read_once(monkeypatch):
     text = "Pt c/o saddle numbness since this morning; denies fever (read-once check)."
     first = mentions(text)
-    parsed = text_reader._read_piece.cache_info().misses
+    parsed = text_reader._read_block.cache_info().misses
     again = mentions("".join(list(text)))  # an equal text, not the same object
-    assert text_reader._read_piece.cache_info().misses == parsed
+    assert text_reader._read_block.cache_info().misses == parsed
     assert again == first
+
+
+def test_the_pipeline_is_rebuilt_once_the_tokenizer_remembers_too_many_words(monkeypatch):
+    mentions("Denies saddle anaesthesia (warm-up).")
+    before = text_reader._pipeline()
+    monkeypatch.setattr(text_reader, "VOCABULARY_LIMIT", 0)
+    mentions("New saddle numbness (vocabulary check).")
+    assert text_reader._pipeline() is not before
