@@ -200,6 +200,14 @@ def rules() -> dict:
     return json.loads(RULES_FILE.read_text(encoding="utf-8"))
 
 
+@cache
+def _target_prefixes() -> tuple[str, ...]:
+    """Cue words a synonym may start with ("history of breast cancer"): ConText reads them as modifiers
+    of the rest, so "no history of cancer" is negated. Longest first; each followed by a space."""
+    cues = (p.lower() + " " for p in rules()["context"].get("target_prefixes", ()))
+    return tuple(sorted(cues, key=len, reverse=True))
+
+
 def counts(mention: Mention, *, note: bool = True) -> bool:
     """Whether a mention is a current finding of the patient under the project's rules (issue 12).
 
@@ -370,8 +378,11 @@ def _read_block(heading: str, text: str, segments: tuple[tuple[int, int], ...],
         nlp = _pipeline()
         doc = nlp.make_doc("\n".join(parts) + "\n")
         spans: dict[tuple[int, int, str], list[tuple[int, int]]] = {}
+        prefixes = _target_prefixes()
         for start, end, label in targets:
-            s, e = parsed(start), parsed(end)
+            words = text[start:end].lower()
+            cue = next((p for p in prefixes if words.startswith(p) and len(words) > len(p)), None)
+            s, e = parsed(start + len(cue) if cue else start), parsed(end)
             span = doc.char_span(s, e, label=label, alignment_mode="expand") \
                 if s is not None and e is not None else None
             if span is not None and len(span):
@@ -510,6 +521,7 @@ def _silence(name: str) -> None:
 def reload() -> None:
     """Forget the rules, the pipeline and every reading (after the rules file changed)."""
     rules.cache_clear()
+    _target_prefixes.cache_clear()
     _pipeline.cache_clear()
     _read_block.cache_clear()
 

@@ -373,8 +373,10 @@ def test_every_record_shape_is_read_alike_from_prefetch_and_from_the_fhir_server
     for text in _run_ids(expect.get("unavailableInclude", []), stored):
         assert any(item.startswith(text) for item in ext.get("unavailable", [])), ext.get("unavailable")
         assert text in the_card(fetched)["detail"]
-    for text in expect.get("evidenceValueInclude", []):
+    for text in expect.get("evidenceValueInclude", []) + expect.get("detailIncludes", []):
         assert text in the_card(fetched)["detail"]
+    for text in expect.get("detailExcludes", []):
+        assert text not in the_card(fetched)["detail"]
 
 
 def test_the_fhir_server_answers_every_search_the_service_sends_as_a_us_core_server_would(fhir_server):

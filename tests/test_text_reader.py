@@ -82,6 +82,15 @@ def test_a_negation_after_a_heading_on_the_same_line_still_negates(text):
     assert matched(text, "saddle-anesthesia") is None
 
 
+@pytest.mark.parametrize("text", ["No history of cancer.", "No h/o cancer."])
+def test_no_history_of_negates_the_history(text):
+    assert matched(text, "cancer-personal-history") is None
+
+
+def test_unlikely_before_the_concept_does_not_make_it_a_suspicion():
+    assert matched("Unlikely to be cauda equina syndrome.", "cauda-equina-syndrome") is None
+
+
 def test_no_evidence_of_negates_the_concept():
     assert matched("No evidence of metastatic disease.", "metastatic-disease") is None
 
@@ -109,6 +118,7 @@ def test_a_negation_does_not_reach_a_later_finding_introduced_by_reports():
 @pytest.mark.parametrize("text", [
     "Conus and cauda equina nerve roots are unremarkable.",
     "The conus terminates at L1 and the cauda equina is normal.",
+    "Impression: L4/5 disc bulge. The cauda equina is not compressed.",
 ])
 def test_a_structure_reported_as_normal_is_not_a_finding(text):
     assert matched(text, "cauda-equina-syndrome") is None
@@ -168,6 +178,12 @@ def test_a_synonym_with_a_negation_word_inside_a_negated_list_still_counts():
     ("Reduced sensation in the saddle area since lunchtime.", "saddle-anesthesia"),
     ("He cannot pass urine.", "urinary-retention"),
     ("Unable to void since this morning.", "urinary-retention"),
+    ("Has not passed urine since yesterday.", "urinary-retention"),
+    ("Wife reports he is incontinent.", "urinary-incontinence"),
+    ("Double incontinence since this morning.", "fecal-incontinence"),
+    ("PR: anal tone reduced.", "fecal-incontinence"),
+    ("Numbness around the back passage.", "saddle-anesthesia"),
+    ("Altered perineal sensation on the left.", "saddle-anesthesia"),
 ])
 def test_common_clinical_phrasings_are_in_the_vocabulary(text, value_set):
     assert matched(text, value_set)
@@ -182,6 +198,11 @@ def test_a_relatives_diagnosis_is_not_the_patients():
     assert find("Mother had breast cancer.", "malignancy") is None
 
 
+@pytest.mark.parametrize("text", ["Mum had breast ca.", "Dad died of prostate ca at 70."])
+def test_a_parent_named_informally_is_someone_else(text):
+    assert matched(text, "malignancy") is None
+
+
 def test_his_wifes_diagnosis_is_not_the_patients():
     assert matched("His wife has metastatic breast cancer; he is her main carer.", "metastatic-disease") is None
 
@@ -189,6 +210,10 @@ def test_his_wifes_diagnosis_is_not_the_patients():
 def test_a_relative_reporting_about_the_patient_is_about_the_patient():
     mention = find("Wife reports he is incontinent of faeces.", "fecal-incontinence")
     assert mention is not None and not mention.family
+
+
+def test_a_relative_who_has_noticed_something_about_the_patient_reports_about_the_patient():
+    assert matched("His wife has noticed he is wetting himself.", "urinary-incontinence")
 
 
 def test_the_family_history_section_is_about_relatives():
@@ -231,6 +256,10 @@ def test_a_section_heading_after_another_section_starts_a_new_section():
     text = "History of present illness:\nLBP for 2 weeks.\nFamily history:\nBreast cancer.\n"
     assert matched(text, "malignancy") is None
     assert {m.section for m in mentions(text) if m.value_set == "malignancy"} == {"family_history"}
+
+
+def test_a_history_heading_is_the_presenting_history_not_the_past_history():
+    assert matched("Hx: saddle numbness since this morning.", "saddle-anesthesia")
 
 
 def test_a_symptom_in_the_history_of_present_illness_counts():
