@@ -518,14 +518,6 @@ def _silence(name: str) -> None:
     logger.disable(name)
 
 
-def reload() -> None:
-    """Forget the rules, the pipeline and every reading (after the rules file changed)."""
-    rules.cache_clear()
-    _target_prefixes.cache_clear()
-    _pipeline.cache_clear()
-    _read_block.cache_clear()
-
-
 # ---------------------------------------------------------------- the public surface
 
 def _shared():
