@@ -45,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from .settings import SettingsError
 
@@ -202,8 +202,11 @@ def make_engine(database_url: str) -> Engine:
     kwargs: dict = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 15}
-        if url in ("sqlite://", "sqlite:///:memory:"):
-            kwargs["poolclass"] = StaticPool  # one shared in-memory database
+        # A file database is opened per use and closed after it, never pooled: gunicorn forks its
+        # workers from a master that has used the database, and an SQLite connection inherited across
+        # fork() and closed (or garbage-collected) in the child checkpoints and removes the WAL other
+        # processes are using: writes lost, or a lock that never comes free.
+        kwargs["poolclass"] = StaticPool if url in ("sqlite://", "sqlite:///:memory:") else NullPool
     elif url.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 3,
                                   "options": "-c timezone=UTC -c statement_timeout=15000 -c lock_timeout=10000"}
@@ -508,7 +511,11 @@ class _Transaction:
         self.conn = conn
 
     def __enter__(self) -> Connection:
-        self.tx = self.conn.begin()
+        try:
+            self.tx = self.conn.begin()
+        except BaseException:
+            self.conn.close()  # a BEGIN refused ("database is locked") must not keep its connection
+            raise
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -3,10 +3,12 @@ nothing is lost under concurrent load, a database outage never holds back a card
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -88,6 +90,20 @@ def test_a_failed_card_write_leaves_no_half_call_and_is_counted(database_url):
     assert rows(database_url, "SELECT COUNT(*) FROM hook_calls")[0][0] == 0
     assert rows(database_url, "SELECT COUNT(*) FROM issued_cards")[0][0] == 0
     assert store.lost_rows == 3 and lost == [3]
+
+
+def test_a_sqlite_file_is_not_held_open_between_uses_so_no_forked_worker_inherits_it(tmp_path):
+    # gunicorn forks workers from a master that has used the database: a connection inherited across
+    # fork() and closed in the child would checkpoint and remove the WAL the other workers use.
+    path = tmp_path / "forked.db"
+    store = migrated(f"sqlite:///{path}")
+    assert store.record_call(CallRecord("lbp-patient-view", "patient-view", "h-1", "p1", [card("c-1")]))
+
+    def open_files() -> list[str]:
+        fds = Path("/proc/self/fd")
+        return [link for fd in fds.iterdir() if (link := os.path.realpath(fd)).startswith(str(path))]
+
+    assert open_files() == []
 
 
 def test_a_sqlite_write_refused_at_once_as_locked_is_retried_not_lost(tmp_path, monkeypatch):
