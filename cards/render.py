@@ -86,8 +86,9 @@ def summary(assessment: Assessment, plan: Plan, order_hook: bool) -> str:
 
 # ---------------------------------------------------------------- detail
 
-def _evidence_item(ev: Evidence, today, what: str | None = None) -> str:
-    """'PSA 48 ng/mL, 10 days ago': what, value with unit, how long ago (and a status such as 'provisional')."""
+def _evidence_item(ev: Evidence, today, what: str | None = None, quoted: bool = False) -> str:
+    """'PSA 48 ng/mL, 10 days ago': what, value with unit, how long ago (and a status such as 'provisional');
+    a note's sentence, unless it is quoted already on the card (``quoted``)."""
     if ev.reference.startswith("Patient/") or ev.reference == "Patient":
         return shown_value(ev)  # age: the patient's age today
     bits = [f"{what} {shown_value(ev)}" if what and ev.value else plain(ev.label)]
@@ -97,16 +98,34 @@ def _evidence_item(ev: Evidence, today, what: str | None = None) -> str:
         bits.append(ago(ev.date, today))
     if ev.status:
         bits.append(ev.status)
+    if ev.quote and quoted:
+        return ", ".join(bits) + " (quoted above)"
     if ev.quote:  # a note's sentence, already escaped, the matched words in bold
         return ", ".join(bits) + f': "{ev.quote}"'
     return ", ".join(bits)
 
 
-def _evidence_line(flag: RedFlag, today, items: int) -> str:
+def _sentence_of(ev: Evidence) -> tuple[str, str]:
+    return ev.reference, ev.quote.replace("**", "") if ev.quote else ""
+
+
+def _evidence_line(flag: RedFlag, today, items: int, quoted: set[tuple[str, str]]) -> str:
+    """One flag's evidence. A note's sentence is quoted once per card: a second finding in the same
+    sentence adds nothing under the same flag, and says "quoted above" under another."""
     meta = red_flags()["flags"][flag.id]
     what = meta["short"] if meta.get("describe") == "value" and meta.get("group") == "lab" else None
-    shown = [_evidence_item(ev, today, what) for ev in flag.evidence[:items]]
-    more = len(flag.evidence) - len(shown)
+    own: set[tuple[str, str]] = set()
+    evidence = []
+    for ev in flag.evidence:
+        if ev.quote and _sentence_of(ev) in own:
+            continue
+        own.add(_sentence_of(ev))
+        evidence.append(ev)
+    shown = []
+    for ev in evidence[:items]:
+        shown.append(_evidence_item(ev, today, what, quoted=bool(ev.quote) and _sentence_of(ev) in quoted))
+        quoted.add(_sentence_of(ev))
+    more = len(evidence) - len(shown)
     note = f" ({flag.note})" if flag.note and flag.note != "new" else ""
     return f"- **{flag.label}**{note}: " + "; ".join(shown) + (f"; +{more} more" if more > 0 else "")
 
@@ -192,9 +211,10 @@ def detail_markdown(assessment: Assessment, plan: Plan, ratings: list[tuple[Imag
             lines.append("**Evidence**")
             weak = [f for f in assessment.red_flags if f.id not in assessment.decisive]
             strong = [f for f in assessment.red_flags if f.id in assessment.decisive]
-            lines += [_evidence_line(f, today, 3) for f in strong]
+            quoted: set[tuple[str, str]] = set()
+            lines += [_evidence_line(f, today, 3, quoted) for f in strong]
             if weak_items is None or weak_items > 0:
-                lines += [_evidence_line(f, today, weak_items or 2) for f in weak]
+                lines += [_evidence_line(f, today, weak_items or 2, quoted) for f in weak]
             elif weak:
                 lines.append("- Also: " + ", ".join(f.label.lower() for f in weak))
         probability = _probability(assessment)

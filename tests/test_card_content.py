@@ -146,3 +146,15 @@ def test_a_new_red_flag_needs_only_a_value_set_and_a_knowledge_entry(knowledge_c
     assert card["summary"].startswith("Spinal tenderness with back pain")
     assert "**Focal spinal tenderness**" in card["detail"]
     assert ext["rulesVersion"] != before
+
+
+def report(rid: str, conclusion: str, days: int) -> dict:
+    return {"resourceType": "DiagnosticReport", "id": rid, "status": "final", "subject": {"reference": "Patient/p"},
+            "category": [{"coding": [{"system": LOINC, "code": "LP29684-5"}]}], "code": {"text": "XR lumbar spine"},
+            "effectiveDateTime": ago(days), "conclusion": conclusion}
+
+
+def test_a_sentence_of_a_note_is_quoted_once_per_card():
+    card = card_for(patient(45, "male"), LBP, report("xr", "Lytic lesion at L3, suspicious for metastasis.", 2))
+    assert card["detail"].count("Lytic lesion at L3") == 1
+    assert "(quoted above)" in card["detail"]
