@@ -26,6 +26,7 @@ from functools import cache
 from pathlib import Path
 
 from . import terminology
+from .dates import instant, parse_date
 from .notes import Note, read_notes
 from .record import RECENT_OBSERVATION_DAYS, UNWINDOWED_CATEGORIES, PatientRecord
 from .terminology import coding_label, value_set
@@ -133,25 +134,6 @@ class Facts:
 
 
 # ---------------------------------------------------------------- dates
-
-def parse_date(value, *, end: bool = False) -> date | None:
-    """A FHIR date/dateTime/instant → date. Partial dates become the first (or, end=True, last) day."""
-    if not isinstance(value, str) or len(value) < 4:
-        return None
-    try:
-        year = int(value[:4])
-        if len(value) >= 10:
-            return date(year, int(value[5:7]), int(value[8:10]))
-        if len(value) >= 7:
-            month = int(value[5:7])
-            if not end:
-                return date(year, month, 1)
-            nxt = date(year + (month == 12), month % 12 + 1, 1)
-            return date.fromordinal(nxt.toordinal() - 1)
-        return date(year, 12, 31) if end else date(year, 1, 1)
-    except ValueError:
-        return None
-
 
 def age_on(birth: date | None, today: date) -> int | None:
     if birth is None:
@@ -383,29 +365,16 @@ def _string_quantity(text) -> dict | None:
     return quantity
 
 
-def _instant(value) -> datetime | None:
-    if not isinstance(value, str) or len(value) < 4:
-        return None
-    try:
-        moment = datetime.fromisoformat(value) if len(value) > 10 else None
-    except ValueError:
-        moment = None
-    if moment is None:
-        day = parse_date(value)
-        return datetime(day.year, day.month, day.day, tzinfo=UTC) if day else None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 STATUS_RANK = {"preliminary": 0, "final": 1, "amended": 2, "corrected": 2}
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
 
 
 def _moment(observation: dict) -> tuple:
     period = observation.get("effectivePeriod")
-    effective = (_instant(observation.get("effectiveDateTime")) or _instant(observation.get("effectiveInstant"))
-                 or (_instant(period.get("start")) if isinstance(period, dict) else None)
-                 or _instant(observation.get("issued")) or _EPOCH)
-    return effective, _instant(observation.get("issued")) or _EPOCH, STATUS_RANK.get(observation.get("status"), 0)
+    effective = (instant(observation.get("effectiveDateTime")) or instant(observation.get("effectiveInstant"))
+                 or (instant(period.get("start")) if isinstance(period, dict) else None)
+                 or instant(observation.get("issued")) or _EPOCH)
+    return effective, instant(observation.get("issued")) or _EPOCH, STATUS_RANK.get(observation.get("status"), 0)
 
 
 def _lab_result(observation: dict, analyte: str, spec: dict) -> LabResult | None:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import lxml.etree
 import lxml.html
 
+from .dates import instant
 from .record import PatientRecord
 
 LOINC = "http://loinc.org"
@@ -211,7 +212,7 @@ def _document(resource: dict, fhir_server: str | None, binaries: set) -> _Candid
         _reference(resource), kind,
         _title(*_concept_texts(resource.get("type")), resource.get("description"),
                fallback="Clinical note" if kind == "note" else "Report"),
-        _instant(resource.get("date")) or _instant(period.get("start")), preliminary=False)
+        instant(resource.get("date")) or instant(period.get("start")), preliminary=False)
     content = [c.get("attachment") for c in _concepts(resource.get("content")) if isinstance(c, dict)]
     _choose_attachment(candidate, [a for a in content if isinstance(a, dict)], fhir_server, binaries)
     return candidate
@@ -222,8 +223,8 @@ def _report(resource: dict, fhir_server: str | None, binaries: set) -> _Candidat
     conclusion = resource.get("conclusion")
     candidate = _Candidate(
         _reference(resource), "report", _title(*_concept_texts(resource.get("code")), fallback="Report"),
-        _instant(resource.get("effectiveDateTime")) or _instant(period.get("start"))
-        or _instant(resource.get("issued")),
+        instant(resource.get("effectiveDateTime")) or instant(period.get("start"))
+        or instant(resource.get("issued")),
         preliminary=resource.get("status") == "preliminary",
         conclusion=conclusion.strip() if isinstance(conclusion, str) else "")
     forms = [a for a in _concepts(resource.get("presentedForm")) if isinstance(a, dict)]
@@ -476,22 +477,3 @@ def html_text(markup: str) -> str:
             parts.append(element.tail if preformatted else _flowed(element.tail))
     lines = (" ".join(line.split()) for line in "".join(parts).split("\n"))
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-# ---------------------------------------------------------------------------- dates
-
-
-def _instant(value) -> datetime | None:
-    """A FHIR date, dateTime or instant as an aware datetime (partial dates: their first day)."""
-    if not isinstance(value, str) or len(value) < 4:
-        return None
-    text = value.strip()
-    if len(text) == 4:
-        text += "-01-01"
-    elif len(text) == 7:
-        text += "-01"
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
