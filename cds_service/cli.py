@@ -184,16 +184,21 @@ def start_retention(store, retention_days: int) -> None:
         return
     log = logging.getLogger("lbp_redflags.store")
 
-    def run() -> None:
-        while True:
-            before = _today() - timedelta(days=retention_days)
-            try:
-                counts = _purge(store, before)
-                log.info("retention: deleted records from before %s: %s", before, counts)
-            except SQLAlchemyError as exc:
-                log.error("retention purge failed: %s", exc.__class__.__name__)
-            stop.wait(24 * 3600)
+    def purge() -> None:
+        before = _today() - timedelta(days=retention_days)
+        try:
+            counts = _purge(store, before)
+            log.info("retention: deleted records from before %s: %s", before, counts)
+        except SQLAlchemyError as exc:
+            log.error("retention purge failed: %s", exc.__class__.__name__)
 
+    def run() -> None:
+        while not stop.wait(24 * 3600):
+            purge()
+
+    # The first purge runs now, before gunicorn forks its workers: a master thread holding an SQLite
+    # connection while a worker is forked leaves the worker's locks confused (the WAL deleted under it).
+    purge()
     stop = threading.Event()
     threading.Thread(target=run, name="lbp-retention", daemon=True).start()
 
